@@ -1,0 +1,38 @@
+# appserver: two commands set everything up on a fresh machine.
+#   make run   installs the server and starts it on ports 9000 (pages), 9001 (Ajax), 9002 (WebSocket)
+#   make test  installs the test dependencies (Chromium, redis-server when missing) and runs every test
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+TWISTD ?= $(PYTHON) -c "from twisted.scripts.twistd import run; run()"
+RUN_ARGS ?=
+
+.PHONY: install install-test system-deps run test test-python test-js bench clean
+
+install:
+	$(PIP) install -q -e .
+
+system-deps:
+	@command -v chromium >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server nginx-light >/dev/null)
+
+install-test: install system-deps
+	$(PIP) install -q -e '.[test]'
+
+run: install
+	$(TWISTD) --pidfile= -n appserver $(RUN_ARGS)
+
+test: install-test test-python test-js
+
+test-python:
+	$(PYTHON) -m pytest -q
+
+test-js:
+	node --test tests/js/
+
+bench: install
+	$(PIP) install -q -r bench/requirements.txt
+	npm install --silent --prefix bench
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build dist server/*.egg-info server/twisted/plugins/dropin.cache .pytest_cache

@@ -1,0 +1,63 @@
+"""Read a process's CPU time and resident memory from /proc (Linux only).
+
+Why: the machine has 2 cores shared by the server and the load generator, so
+throughput alone says little; CPU time consumed by the server process per
+delivered message is the figure that survives the noise.  utime+stime in
+/proc/<pid>/stat cover every thread of the process (Node's helper threads,
+Python's none), at clock-tick resolution (usually 10 ms), which is why the
+measured windows last seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CLOCK_TICKS_PER_SECOND: int = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """User and system CPU seconds consumed by a process since it started."""
+
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+
+def cpu_times(pid: int) -> CpuTimes:
+    """Return utime and stime of ``pid`` in seconds (all threads, not children).
+
+    The command name in field 2 may contain spaces and parentheses, so the
+    fields are counted from the last ')'.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state); utime is field 14, stime field 15.
+    utime, stime = int(fields[11]), int(fields[12])
+    return CpuTimes(utime / CLOCK_TICKS_PER_SECOND, stime / CLOCK_TICKS_PER_SECOND)
+
+
+def rss_bytes(pid: int) -> int:
+    """Return the resident set size of ``pid`` in bytes (VmRSS from /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                parts = line.split()
+                return int(parts[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid} (zombie or kernel thread?)")
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return False
+    state = data[data.rindex(b")") + 2 : data.rindex(b")") + 3]
+    return state not in (b"Z", b"X")

@@ -1,0 +1,307 @@
+"""Broadcast fan-out benchmark: appserver against peer servers measured in the same run.
+
+A benchmark, not a test: it prints a Markdown table (and writes it with
+--out), and it is bounded in time (every phase has a deadline, and a global
+time budget skips what would not fit).  See bench/README.md for what each
+number means.
+
+    python bench/run.py                      # full run, about 10 minutes
+    python bench/run.py --quick              # under 2 minutes
+    python bench/run.py --servers ws-node,minimal --clients 100,1000 --runs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import procstat  # noqa: E402
+from loadgen import Publisher, WorkerPool, measure_level, picows, smoke_check  # noqa: E402
+from report import GroupResult, render_markdown  # noqa: E402
+from servers import REFERENCE_SERVERS, SERVER_SPECS, ServerProcess, ServerSpec, ServerStartError  # noqa: E402
+
+SERVER_START_TIMEOUT = 20.0
+SMOKE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 15.0
+DRAIN_TIMEOUT = 5.0
+MSG_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one benchmark run needs, resolved from the command line."""
+
+    servers: tuple[str, ...]
+    clients: tuple[int, ...]
+    inflight: tuple[int, ...]
+    runs: int
+    warmup: float
+    measure: float
+    workers: int
+    size: int
+    concurrency: int
+    longpoll: bool
+    longpoll_clients: int
+    time_budget: float
+    out: Path | None
+    json_out: Path | None
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(description="Broadcast fan-out benchmark (see bench/README.md).")
+    parser.add_argument("--servers", default=",".join(SERVER_SPECS),
+                        help=f"comma-separated, from: {', '.join(SERVER_SPECS)} (default: all)")
+    parser.add_argument("--clients", type=_int_list, help="subscriber counts N (default 100,1000,5000)")
+    parser.add_argument("--big", action="store_true", help="also measure N=10000")
+    parser.add_argument("--inflight", type=_int_list, help="broadcasts in flight, closed loop (default 1,8,32)")
+    parser.add_argument("--runs", type=int, help="runs per cell; the report shows medians (default 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="N=100,1000, in flight 1,32, one run, short windows: under 2 minutes")
+    parser.add_argument("--warmup", type=float, help="seconds of load before each measured window (default 1)")
+    parser.add_argument("--measure", type=float, help="seconds in each measured window (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes (default 2)")
+    parser.add_argument("--size", type=int, default=64, help="characters of chat text per message (default 64)")
+    parser.add_argument("--connect-concurrency", type=int, default=32,
+                        help="handshakes in progress per worker while opening connections (default 32)")
+    parser.add_argument("--longpoll", action="store_true", help="also run the Ajax long-poll phase (appserver)")
+    parser.add_argument("--longpoll-clients", type=int, default=1000, help="polling clients (default 1000)")
+    parser.add_argument("--time-budget", type=float,
+                        help="seconds; groups that would start later are skipped (default 660, quick 110)")
+    parser.add_argument("--out", type=Path, help="also write the Markdown report to this file")
+    parser.add_argument("--json", dest="json_out", type=Path, help="write raw per-run figures as JSON")
+    args = parser.parse_args(argv)
+
+    servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+    unknown = [s for s in servers if s not in SERVER_SPECS]
+    if unknown:
+        parser.error(f"unknown server(s) {unknown}; known: {list(SERVER_SPECS)}")
+    quick = args.quick
+    clients = args.clients or ((100, 1000) if quick else (100, 1000, 5000))
+    if args.big and 10000 not in clients:
+        clients = (*clients, 10000)
+    if args.workers < 1 or any(n < args.workers for n in clients):
+        parser.error("need at least one worker and at least one client per worker")
+    return Settings(
+        servers=servers,
+        clients=clients,
+        inflight=args.inflight or ((1, 32) if quick else (1, 8, 32)),
+        runs=args.runs or (1 if quick else 3),
+        warmup=args.warmup if args.warmup is not None else (0.5 if quick else 1.0),
+        measure=args.measure if args.measure is not None else (1.0 if quick else 2.0),
+        workers=args.workers,
+        size=args.size,
+        concurrency=args.connect_concurrency,
+        longpoll=args.longpoll,
+        longpoll_clients=args.longpoll_clients,
+        time_budget=args.time_budget if args.time_budget is not None else (110.0 if quick else 660.0),
+        out=args.out,
+        json_out=args.json_out,
+    )
+
+
+def raise_nofile_limit() -> int:
+    """Lift the soft descriptor limit to the hard one; children (servers, workers) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+async def settled_rss(pid: int, max_wait: float = 3.0) -> int:
+    """RSS once it stops moving (two reads 0.25 s apart within 0.5%), or after ``max_wait``."""
+    previous = procstat.rss_bytes(pid)
+    deadline = time.monotonic() + max_wait
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        current = procstat.rss_bytes(pid)
+        if abs(current - previous) <= 0.005 * previous:
+            return current
+        previous = current
+    return previous
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr so stdout carries only the report."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+async def run_group(spec: ServerSpec, transport: str, clients: int, run: int, cfg: Settings) -> GroupResult:
+    """Start one server, open ``clients`` idle connections (memory), then measure every in-flight level.
+
+    Raises ServerStartError when the server cannot be started or fails the
+    smoke check (the caller then skips that server); any other failure is
+    recorded in the result's ``error``.
+    """
+    result = GroupResult(server=spec.name, transport=transport, clients=clients, run=run)
+    server = ServerProcess(spec)
+    pool: WorkerPool | None = None
+    pub: Publisher | None = None
+    try:
+        try:
+            await server.start(SERVER_START_TIMEOUT)
+            await smoke_check(server.ws_url, SMOKE_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - any start failure means: skip this server
+            tail = server.output_tail()
+            raise ServerStartError(f"{type(exc).__name__}: {exc}\n--- server output ---\n{tail}") from exc
+        pool = await WorkerPool.start(cfg.workers)
+        rss0 = await settled_rss(server.pid, 1.0)
+        url = server.ws_url if transport == "ws" else server.ajax_url
+        open_timeout = 30.0 + clients / 100.0
+        t0 = time.monotonic()
+        opened, errors = await pool.open(transport, url, clients, first_id=1,
+                                         concurrency=cfg.concurrency, timeout=open_timeout)
+        result.open_s = time.monotonic() - t0
+        if opened < clients:
+            result.error = f"opened {opened}/{clients} connections; first errors: {errors[:3]}"
+            return result
+        rss1 = await settled_rss(server.pid)
+        result.mem_per_conn_bytes = (rss1 - rss0) / clients
+        pub = await asyncio.wait_for(
+            Publisher.connect(server.ws_url, len(pool.workers), cfg.size, MSG_TIMEOUT, first_id=1), SMOKE_TIMEOUT
+        )
+        pool.done_handler = pub.on_done
+        for k in cfg.inflight:
+            level_deadline = cfg.warmup + cfg.measure + DRAIN_TIMEOUT + 30.0
+            level = await asyncio.wait_for(
+                measure_level(server.pid, pool, pub, k, cfg.warmup, cfg.measure, DRAIN_TIMEOUT), level_deadline
+            )
+            result.levels.append(level)
+            log(f"  {spec.name:<10} {transport:<8} N={clients:<5} k={k:<3} {level.msgs_per_s:>10,.0f} msg/s "
+                f"{(level.cpu_us_per_msg or 0):7.2f} µs/msg  srv {level.server_cpu_pct:3.0f}%  "
+                f"gen {level.loadgen_cpu_pct:3.0f}%  p99 {(level.p99_us or 0) / 1000:7.2f} ms  lost {level.lost}")
+            if not server.alive():
+                result.error = f"server died\n{server.output_tail()}"
+                break
+        return result
+    except ServerStartError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed group is reported, the run goes on
+        result.error = f"{type(exc).__name__}: {exc}"
+        return result
+    finally:
+        if pub is not None:
+            await pub.close()
+        if pool is not None:
+            try:
+                await pool.close(CLOSE_TIMEOUT)
+            except Exception:  # noqa: BLE001 - the workers are stopped below anyway
+                pass
+            await pool.stop()
+        server.stop()
+
+
+def context_lines(cfg: Settings, elapsed: float) -> list[str]:
+    """What the reader needs to judge the numbers: machine, versions, settings."""
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    node = "absent"
+    if shutil.which("node"):
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    versions = [f"Python {platform.python_version()}", f"Node {node}"]
+    for mod in ("picows", "websockets", "twisted", "autobahn", "uvloop"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except (ImportError, AttributeError):
+            pass
+    return [
+        f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}, wall time {elapsed:.0f} s",
+        f"machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}",
+        "versions: " + ", ".join(versions),
+        f"command: `python bench/run.py {' '.join(sys.argv[1:])}`".replace("`python bench/run.py `",
+                                                                             "`python bench/run.py`"),
+        f"settings: N={','.join(map(str, cfg.clients))}, in flight={','.join(map(str, cfg.inflight))}, "
+        f"runs={cfg.runs}, warm-up {cfg.warmup:g} s, window {cfg.measure:g} s, {cfg.workers} worker processes, "
+        f"{cfg.size}-character chat text",
+    ]
+
+
+async def main_async(cfg: Settings) -> int:
+    started = time.monotonic()
+    deadline = started + cfg.time_budget
+    groups: list[GroupResult] = []
+    broken: dict[str, str] = {}
+    notes: list[str] = []
+    plan: list[tuple[int, int, str, str]] = []
+    for run in range(cfg.runs):
+        for n in cfg.clients:
+            plan += [(run, n, name, "ws") for name in cfg.servers]
+        if cfg.longpoll:
+            plan += [(run, cfg.longpoll_clients, name, "longpoll")
+                     for name in cfg.servers if SERVER_SPECS[name].longpoll]
+    skipped = 0
+    for run, n, name, transport in plan:
+        if name in broken:
+            continue
+        if time.monotonic() > deadline:
+            skipped += 1
+            continue
+        log(f"run {run + 1}/{cfg.runs}: {name} {transport} N={n}")
+        try:
+            groups.append(await run_group(SERVER_SPECS[name], transport, n, run, cfg))
+        except ServerStartError as exc:
+            broken[name] = str(exc)
+            log(f"SKIPPING {name}: cannot start or smoke-check it:\n{exc}")
+            continue
+        if groups[-1].error:
+            log(f"  {name} N={n}: {groups[-1].error}")
+    if skipped:
+        notes.append(f"time budget ({cfg.time_budget:.0f} s) exhausted: {skipped} groups skipped; "
+                     "cells show how many runs they got")
+    for name, why in broken.items():
+        first_line = why.splitlines()[0] if why else ""
+        notes.append(f"{name} skipped: {first_line} (full server output printed on stderr)")
+    notes.append("lost = broadcasts a connection never received (must be 0); CPU ×X = server CPU per delivered "
+                 "message divided by X's, median of per-run ratios")
+
+    servers_done = [s for s in cfg.servers if s not in broken]
+    report = render_markdown(groups, servers_done, REFERENCE_SERVERS,
+                             context_lines(cfg, time.monotonic() - started), notes)
+    print(report)
+    if cfg.out:
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        cfg.out.write_text(report + "\n")
+        log(f"wrote {cfg.out}")
+    if cfg.json_out:
+        cfg.json_out.write_text(json.dumps([g.to_json() for g in groups], indent=1) + "\n")
+        log(f"wrote {cfg.json_out}")
+    return 0 if groups else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    if picows is None:
+        print("picows is not installed: pip install -r bench/requirements.txt", file=sys.stderr)
+        return 2
+    hard = raise_nofile_limit()
+    need = max((*cfg.clients, cfg.longpoll_clients if cfg.longpoll else 0)) + 100
+    if hard < need:
+        print(f"RLIMIT_NOFILE hard limit {hard} < {need} needed by the server: raise it (ulimit -Hn)",
+              file=sys.stderr)
+        return 2
+    return asyncio.run(main_async(cfg))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

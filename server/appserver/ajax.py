@@ -1,0 +1,301 @@
+"""
+The Ajax site: request/response calls in JSON or JSONP, and the long-poll
+transport (connect, send, poll, disconnect) that carries the same envelopes
+as the WebSocket through the same dispatcher.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from .app import HTTPError, Route, RouteRequest
+from .envelope import ProtocolError, parse_envelope, validate_envelope
+from .jsonweb import JSONErrorPage, JSONResource, Rendered, jsonp_callback, query_arg
+from .longpoll import AjaxSession, SessionRegistry
+from .tracker import validate_channel_name, validate_room_name
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["build_ajax_resource"]
+
+
+def _peer(request: Request) -> str:
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    return f"tcp:{host}:{port}" if host is not None else str(address)
+
+
+def _json_body(request: Request) -> Any:
+    raw = request.content.read() if request.content is not None else b""
+    if not raw.strip():
+        raise HTTPError(400, "bad_json", "the request body must be JSON")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise HTTPError(400, "bad_json", "the request body is not valid JSON") from None
+
+
+class ClientCount(JSONResource):
+    """
+    C{GET /get_client_count}: the original demo's call, with the breakdown
+    by transport and, with C{?room=R}, that room's size.
+    """
+
+    def handle(self, request: Request) -> dict[str, Any]:
+        tracker = self.runtime.tracker
+        counts = tracker.count_by_transport()
+        answer: dict[str, Any] = {
+            "client_count": tracker.client_count,
+            "websocket": counts["websocket"],
+            "ajax": counts["ajax"],
+            "time": time.ctime(),
+        }
+        room = query_arg(request, "room")
+        if room is not None:
+            try:
+                validate_room_name(room)
+            except ProtocolError as error:
+                raise HTTPError(400, error.code, error.message) from None
+            answer["room"] = room
+            answer["room_count"] = tracker.room_size(room)
+        return answer
+
+
+class _SessionResource(JSONResource):
+    """
+    Base of the endpoints that act on an existing session.
+    """
+
+    check_origin = True
+
+    def _session(self, request: Request) -> AjaxSession:
+        session_id = query_arg(request, "session")
+        if not session_id:
+            raise HTTPError(400, "missing_session", "the query needs session=<id> from /connect")
+        session = self.runtime.sessions.get(session_id)
+        if session is None:
+            raise HTTPError(410, "unknown_session",
+                            "this session expired or never existed: call /connect again, then resume")
+        return session
+
+
+class Connect(JSONResource):
+    """
+    C{POST /connect} (or C{GET /connect?callback=} for JSONP): open a
+    session.
+    """
+
+    methods = (b"GET", b"POST")
+    check_origin = True
+
+    def handle(self, request: Request) -> Any:
+        runtime = self.runtime
+        if not runtime.accepting:
+            raise HTTPError(503, "shutting_down", "the server is shutting down; reconnect shortly")
+        origin_header = request.getHeader(b"origin")
+        origin = origin_header.decode("latin-1") if origin_header else None
+        address = request.getClientAddress()
+        ip = getattr(address, "host", str(address))
+        refusal = runtime.limiter.refusal(ip)
+        if refusal is not None:
+            raise HTTPError(503, "too_many_connections", refusal)
+        if not runtime.app.authenticators:
+            return self._open(request, ip, origin, None)
+        info = {
+            "query": {key.decode("latin-1"): [v.decode("latin-1") for v in values]
+                      for key, values in request.args.items()},
+            "headers": {key.decode("latin-1").lower(): b",".join(values).decode("latin-1")
+                        for key, values in request.requestHeaders.getAllRawHeaders()},
+            "cookies": {key.decode("latin-1"): value.decode("latin-1")
+                        for key, value in (request.received_cookies or {}).items()},
+            "peer": _peer(request),
+            "origin": origin,
+            "path": "/connect",
+        }
+
+        def decided(attributes: dict[str, Any] | None) -> Any:
+            if attributes is None:
+                raise HTTPError(403, "authentication_refused", "the application refused this connection")
+            return self._open(request, ip, origin, attributes)
+        return runtime.authenticate(info).addCallback(decided)
+
+    def _open(self, request: Request, ip: str, origin: str | None,
+              attributes: dict[str, Any] | None) -> dict[str, Any]:
+        runtime = self.runtime
+        runtime.limiter.acquire(ip)
+        session = runtime.sessions.open(_peer(request), origin, attributes)
+        session.limiter_ip = ip
+        return {"session": session.client_id, "client_id": session.client_id,
+                "epoch": runtime.tracker.epoch, "position": 0}
+
+
+class Send(_SessionResource):
+    """
+    C{POST /send?session=S} with an envelope as the body, or
+    C{GET /send?session=S&msg=<envelope>&callback=} for JSONP.
+    """
+
+    methods = (b"GET", b"POST")
+
+    def handle(self, request: Request) -> dict[str, Any]:
+        if request.method == b"GET":
+            if jsonp_callback(request) is None:
+                raise HTTPError(405, "method_not_allowed", "use POST, or GET with callback= for JSONP")
+            raw = query_arg(request, "msg")
+            if raw is None:
+                raise HTTPError(400, "bad_envelope", "the query needs msg=<envelope JSON>")
+            if len(raw) > self.runtime.settings.max_message_size:
+                raise HTTPError(413, "too_large", "the message is too large")
+            session = self._session(request)
+            try:
+                envelope = parse_envelope(raw)
+            except ProtocolError as error:
+                raise HTTPError(400, error.code, error.message) from None
+        else:
+            session = self._session(request)
+            try:
+                envelope = validate_envelope(_json_body(request))
+            except ProtocolError as error:
+                raise HTTPError(400, error.code, error.message) from None
+        session.touch()
+        self.runtime.dispatcher.dispatch(session, envelope)
+        return {"ok": True}
+
+
+class Poll(_SessionResource):
+    """
+    C{GET /poll?session=S&since=N}: the long poll.
+    """
+
+    check_origin = False  # read-only: CORS headers decide who may read it
+
+    def handle(self, request: Request) -> Any:
+        session = self._session(request)
+        queue = session.queue
+        assert queue is not None
+        try:
+            since = int(query_arg(request, "since") or "0")
+        except ValueError:
+            raise HTTPError(400, "bad_since", "since must be the position of the last poll answer") from None
+        if not 0 <= since <= queue.last_seq:
+            raise HTTPError(400, "bad_since", f"since must be between 0 and {queue.last_seq}")
+        body = session.poll(request, since, jsonp_callback(request))
+        return NOT_DONE_YET if body is None else Rendered(body)
+
+
+class Disconnect(_SessionResource):
+    """
+    C{POST /disconnect?session=S}: end a session now rather than at expiry.
+    """
+
+    methods = (b"GET", b"POST")
+
+    def handle(self, request: Request) -> dict[str, Any]:
+        if request.method == b"GET" and jsonp_callback(request) is None:
+            raise HTTPError(405, "method_not_allowed", "use POST, or GET with callback= for JSONP")
+        self._session(request).close(1000, "client disconnected")
+        return {"ok": True}
+
+
+class Publish(JSONResource):
+    """
+    C{POST /publish} with C{{"channel": C, "data": D}}: lets other programs
+    push to browsers. Needs C{Authorization: Bearer <--publish-token>}; with
+    no token configured only loopback callers may publish.
+    """
+
+    methods = (b"POST",)
+
+    def handle(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        body = _json_body(request)
+        if not isinstance(body, dict) or "channel" not in body:
+            raise HTTPError(400, "bad_data", 'the body must be {"channel": C, "data": D}')
+        try:
+            channel = validate_channel_name(body["channel"])
+        except ProtocolError as error:
+            raise HTTPError(400, error.code, error.message) from None
+        key = body.get("key")
+        if key is not None and not isinstance(key, (str, int)):
+            raise HTTPError(400, "bad_data", '"key" must be a string or an integer')
+        message = self.runtime.tracker.publish(channel, body.get("data"), key=key)
+        return {"ok": True, "pos": message.pos, "subscribers": self.runtime.tracker.subscriber_count(channel)}
+
+    def _authorize(self, request: Request) -> None:
+        token = self.runtime.settings.publish_token
+        if token is None:
+            address = request.getClientAddress()
+            try:
+                loopback = ipaddress.ip_address(getattr(address, "host", "")).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise HTTPError(403, "forbidden", "publishing from other hosts needs --publish-token")
+            return
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="appserver"')
+            raise HTTPError(401, "unauthorized", "send Authorization: Bearer <publish token>")
+
+
+class AppRoute(JSONResource):
+    """
+    An application's own Ajax route.
+    """
+
+    def __init__(self, runtime: "Runtime", route: Route) -> None:
+        super().__init__(runtime)
+        self.route = route
+        self.methods = tuple(m.encode("ascii") for m in route.methods)
+
+    def handle(self, request: Request) -> Any:
+        args: dict[str, str] = {}
+        for key in request.args:
+            name = key.decode("utf-8", "replace")
+            value = query_arg(request, name)
+            if value is not None and name not in ("callback", "_"):
+                args[name] = value
+        body = _json_body(request) if request.method == b"POST" else None
+        return self.route.handler(RouteRequest(args, body, self.runtime.tracker, request, self.runtime.reactor))
+
+
+class AjaxRoot(Resource):
+    """
+    The Ajax site's root: known endpoints, else a JSON 404.
+    """
+
+    def getChild(self, name: bytes, request: Request) -> Resource:
+        return JSONErrorPage(404, "not_found", "no such endpoint; see docs/protocol.md")
+
+    def render(self, request: Request) -> bytes:
+        return JSONErrorPage(404, "not_found", "no such endpoint; see docs/protocol.md").render(request)
+
+
+def build_ajax_resource(runtime: "Runtime") -> Resource:
+    """
+    The Ajax site's resource tree (also mounted at C{/ajax} in single-port
+    mode). Creates the runtime's session registry.
+    """
+    if runtime.sessions is None:
+        runtime.sessions = SessionRegistry(runtime)
+    root = AjaxRoot()
+    for path, route in runtime.app.routes.items():
+        root.putChild(path.lstrip("/").encode("ascii"), AppRoute(runtime, route))
+    root.putChild(b"get_client_count", ClientCount(runtime))
+    root.putChild(b"connect", Connect(runtime))
+    root.putChild(b"send", Send(runtime))
+    root.putChild(b"poll", Poll(runtime))
+    root.putChild(b"disconnect", Disconnect(runtime))
+    root.putChild(b"publish", Publish(runtime))
+    return root
+

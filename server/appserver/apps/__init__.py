@@ -1,0 +1,1 @@
+"""Applications shipped with appserver: the default chat and the demo gallery."""

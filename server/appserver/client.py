@@ -1,0 +1,127 @@
+"""
+What the tracker knows of one connected client, whatever its transport.
+
+Transports subclass L{Client} and implement L{Client.write} (hand bytes to
+the peer now) and L{Client.close}; the delivery logic here decides between
+writing at once and queueing, so that every transport gets the same bounded
+queue and the same overflow policies.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from .envelope import Outgoing
+from .queue import DISCONNECT, OutboundQueue, Overflow
+
+if TYPE_CHECKING:
+    from .tracker import ClientTracker
+
+__all__ = ["Client", "new_client_id", "SLOW_CONSUMER_CLOSE_CODE"]
+
+#: WebSocket close code (and Ajax error) for a client whose queue overflowed
+#: on a channel with the C{disconnect} policy.
+SLOW_CONSUMER_CLOSE_CODE = 4000
+
+
+def new_client_id() -> str:
+    """
+    An unguessable identifier: client ids double as Ajax session ids.
+    """
+    return secrets.token_urlsafe(18)
+
+
+class Client:
+    """
+    One client: its identity, its subscriptions and its outgoing queue.
+
+    @ivar transport: C{"websocket"} or C{"ajax"}: the breakdown reported by
+        C{/get_client_count}.
+    @ivar channels: the channels it is subscribed to.
+    @ivar rooms: room name to the display name it joined with.
+    @ivar attributes: free for the application (for example the user
+        authenticated by an C{authenticate} hook).
+    """
+
+    transport = "unknown"
+
+    __slots__ = ("client_id", "peer", "origin", "channels", "rooms", "attributes",
+                 "queue", "paused", "tracker", "closed", "connected_at", "bucket",
+                 "rejected_in_a_row", "__weakref__")
+
+    def __init__(self, tracker: "ClientTracker", peer: str, origin: str | None = None,
+                 client_id: str | None = None) -> None:
+        self.client_id = client_id or new_client_id()
+        self.peer = peer
+        self.origin = origin
+        self.tracker = tracker
+        self.channels: set[str] = set()
+        self.rooms: dict[str, str] = {}
+        self.attributes: dict[str, Any] = {}
+        self.queue: OutboundQueue | None = None
+        self.paused = False
+        self.closed = False
+        #: The stream position when the client connected: broadcasts after it
+        #: reached the client live, so recovery replays only up to it.
+        self.connected_at = 0
+        #: Per-client rate limit (a TokenBucket) or None for no limit.
+        self.bucket: Any = None
+        self.rejected_in_a_row = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.client_id[:8]} {self.peer}>"
+
+    # Delivery -----------------------------------------------------------
+
+    def deliver(self, message: Outgoing, policy: str = DISCONNECT) -> None:
+        """
+        Send a message now if the client is keeping up, else queue it under
+        C{policy}. Never raises: a client that overflows a C{disconnect}
+        queue is closed with L{SLOW_CONSUMER_CLOSE_CODE}.
+        """
+        if self.closed:
+            return
+        if not self.paused and not self.queue:
+            self.write(message)
+            return
+        self._enqueue(message, policy)
+
+    def _enqueue(self, message: Outgoing, policy: str) -> None:
+        queue = self.queue
+        if queue is None:
+            settings = self.tracker.limits
+            queue = self.queue = OutboundQueue(settings.max_queue_messages, settings.max_queue_bytes)
+        try:
+            queue.push(message, policy)
+        except Overflow as overflow:
+            self.tracker.events.slow_consumer(self, str(overflow))
+            self.close(SLOW_CONSUMER_CLOSE_CODE, "slow consumer: outgoing queue overflowed")
+
+    def pause(self) -> None:
+        """
+        The peer is not reading: queue from now on.
+        """
+        self.paused = True
+
+    def resume(self) -> None:
+        """
+        The peer is reading again: flush what waited, in order.
+        """
+        self.paused = False
+        queue = self.queue
+        while queue and not self.paused and not self.closed:
+            self.write(queue.pop_first())
+
+    def write(self, message: Outgoing) -> None:
+        """
+        Hand one message to the transport now.
+        """
+        raise NotImplementedError
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """
+        End the connection; the transport unregisters the client when it is
+        gone.
+        """
+        raise NotImplementedError

@@ -1,0 +1,180 @@
+"""
+From a validated envelope to the code that handles it, and from the
+handler's result to the reply, identically for every transport.
+
+Built-in types (channels, rooms, recovery, ping) are handled here; every
+other type goes to the application's handlers. Whatever a handler does
+(return, raise, return a failing Deferred) the client gets exactly one
+answer when it asked for one, and the connection stays open.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .app import App, Context
+from .client import Client
+from .envelope import Envelope, ProtocolError, error_payload
+from .tracker import ClientTracker, validate_channel_name, validate_room_name
+
+__all__ = ["Dispatcher", "RATE_LIMIT_CLOSE_CODE", "RATE_LIMIT_CLOSE_AFTER"]
+
+#: A client that keeps sending after this many C{rate_limited} errors in a
+#: row is closed with L{RATE_LIMIT_CLOSE_CODE}: it is not listening.
+RATE_LIMIT_CLOSE_AFTER = 50
+RATE_LIMIT_CLOSE_CODE = 4001
+
+
+def _require_object(data: Any, *fields: str) -> dict[str, Any]:
+    if not isinstance(data, dict) or any(name not in data for name in fields):
+        wanted = ", ".join(f'"{name}"' for name in fields)
+        raise ProtocolError("bad_data", f'"data" must be an object with {wanted}')
+    return data
+
+
+class Dispatcher:
+    """
+    Runs handlers for one server. Transports call L{dispatch}.
+    """
+
+    log = Logger()
+
+    def __init__(self, tracker: ClientTracker, app: App, reactor: IReactorTime) -> None:
+        self.tracker = tracker
+        self.app = app
+        self.reactor = reactor
+        self._builtins: dict[str, Callable[[Client, Envelope], Any]] = {
+            "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
+            "publish": self._publish,
+            "join": self._join,
+            "leave": self._leave,
+            "members": self._members,
+            "resume": self._resume,
+            "ping": self._ping,
+        }
+
+    def dispatch(self, client: Client, envelope: Envelope) -> None:
+        """
+        Handle one envelope from C{client}; answers go through the tracker.
+        """
+        if client.bucket is not None and not client.bucket.allow():
+            client.rejected_in_a_row += 1
+            if client.rejected_in_a_row >= RATE_LIMIT_CLOSE_AFTER:
+                client.close(RATE_LIMIT_CLOSE_CODE, "rate limit exceeded repeatedly")
+            else:
+                self.reject(client, "rate_limited", "too many messages per second; slow down", envelope.id)
+            return
+        client.rejected_in_a_row = 0
+        self.tracker.events.message_in(client, envelope.type)
+        builtin = self._builtins.get(envelope.type)
+        try:
+            if builtin is not None:
+                builtin(client, envelope)
+                return
+            handler = self.app.handlers.get(envelope.type)
+            if handler is None:
+                raise ProtocolError("unknown_type", f"no handler for message type {envelope.type!r}")
+            result = handler(Context(client, self.tracker, envelope, self.reactor), envelope.data)
+        except ProtocolError as error:
+            self.reject(client, error.code, error.message, envelope.id)
+            return
+        except Exception:
+            self._handler_failed(client, envelope, Failure())
+            return
+        if isinstance(result, Deferred) or hasattr(result, "__await__"):
+            deferred = ensureDeferred(result) if not isinstance(result, Deferred) else result
+            deferred.addCallbacks(
+                lambda value: self._reply(client, envelope, value),
+                lambda failure: self._async_failed(client, envelope, failure))
+        else:
+            self._reply(client, envelope, result)
+
+    def reject(self, client: Client, code: str, message: str, request_id: Any = None) -> None:
+        """
+        Answer with an C{error} envelope.
+        """
+        self.tracker.send_to(client, error_payload(code, message, request_id))
+
+    def _reply(self, client: Client, envelope: Envelope, value: Any) -> None:
+        if value is None and envelope.id is None:
+            return
+        self.tracker.send_to(client, {"type": "reply", "re": envelope.type, "id": envelope.id, "data": value})
+
+    def _async_failed(self, client: Client, envelope: Envelope, failure: Failure) -> None:
+        if failure.check(ProtocolError):
+            error = failure.value
+            self.reject(client, error.code, error.message, envelope.id)
+        else:
+            self._handler_failed(client, envelope, failure)
+
+    def _handler_failed(self, client: Client, envelope: Envelope, failure: Failure) -> None:
+        self.log.failure("handler for {message_type!r} failed (client {client_id})", failure,
+                         message_type=envelope.type, client_id=client.client_id)
+        self.tracker.events.handler_error(envelope.type)
+        self.reject(client, "handler_failed",
+                    f"the server failed to handle {envelope.type!r}; the error was logged", envelope.id)
+
+    def _ack(self, client: Client, envelope: Envelope, message_type: str, data: Any) -> None:
+        self.tracker.send_to(client, {"type": message_type, "id": envelope.id, "data": data})
+
+    # Built-in handlers ---------------------------------------------------
+
+    def _subscribe(self, client: Client, envelope: Envelope) -> None:
+        channel = validate_channel_name(_require_object(envelope.data, "channel")["channel"])
+        self.tracker.subscribe(client, channel)
+        self._ack(client, envelope, "subscribed", {"channel": channel})
+
+    def _unsubscribe(self, client: Client, envelope: Envelope) -> None:
+        channel = validate_channel_name(_require_object(envelope.data, "channel")["channel"])
+        self.tracker.unsubscribe(client, channel)
+        self._ack(client, envelope, "unsubscribed", {"channel": channel})
+
+    def _publish(self, client: Client, envelope: Envelope) -> None:
+        data = _require_object(envelope.data, "channel")
+        channel = validate_channel_name(data["channel"])
+        if not self.app.may_publish(client, channel, data.get("data")):
+            raise ProtocolError("forbidden", f"clients may not publish on {channel!r}")
+        self.tracker.publish(channel, data.get("data"))
+        if envelope.id is not None:
+            self._reply(client, envelope, None)
+
+    def _join(self, client: Client, envelope: Envelope) -> None:
+        data = _require_object(envelope.data, "room", "username")
+        self.tracker.join_room(client, validate_room_name(data["room"]), data["username"])
+        if envelope.id is not None:
+            self._reply(client, envelope, None)
+
+    def _leave(self, client: Client, envelope: Envelope) -> None:
+        room = validate_room_name(_require_object(envelope.data, "room")["room"])
+        if not self.tracker.leave_room(client, room):
+            raise ProtocolError("bad_data", f"not a member of room {room!r}")
+        if envelope.id is not None:
+            self._reply(client, envelope, None)
+
+    def _members(self, client: Client, envelope: Envelope) -> None:
+        room = validate_room_name(_require_object(envelope.data, "room")["room"])
+        members = {"room": room, "members": self.tracker.room_members(room)}
+        if envelope.id is not None:
+            self._reply(client, envelope, members)
+        else:
+            self._ack(client, envelope, "members", members)
+
+    def _resume(self, client: Client, envelope: Envelope) -> None:
+        data = _require_object(envelope.data, "epoch", "since")
+        channels = data.get("channels") or []
+        if not isinstance(channels, list):
+            raise ProtocolError("bad_data", '"channels" must be a list of channel names')
+        for channel in channels:
+            self.tracker.subscribe(client, validate_channel_name(channel))
+        recovered = self.tracker.replay(client, data["epoch"], data["since"], channels, client.connected_at)
+        self._ack(client, envelope, "resumed", {"recovered": recovered, "epoch": self.tracker.epoch,
+                                               "position": self.tracker.position})
+
+    def _ping(self, client: Client, envelope: Envelope) -> None:
+        self._ack(client, envelope, "pong", envelope.data)

@@ -1,0 +1,156 @@
+"""
+Envelopes: the one message format of every transport.
+
+Incoming envelopes are validated here, where they enter, so handlers only ever
+see well-formed ones; outgoing messages are serialized once into an
+L{Outgoing} that every recipient shares, whatever its transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+import orjson
+from autobahn.websocket.protocol import PreparedMessage
+
+__all__ = [
+    "Envelope",
+    "ProtocolError",
+    "Outgoing",
+    "parse_envelope",
+    "validate_envelope",
+    "encode",
+    "error_payload",
+    "MAX_TYPE_LENGTH",
+    "MAX_ID_LENGTH",
+]
+
+MAX_TYPE_LENGTH = 64
+MAX_ID_LENGTH = 64
+
+
+class ProtocolError(Exception):
+    """
+    A client sent something the server cannot act on.
+
+    The C{code} is one of the documented error codes (docs/protocol.md) and
+    the message tells the client what to send instead. The connection stays
+    open: a protocol error answers one request, it does not end a session.
+    """
+
+    def __init__(self, code: str, message: str, request_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """
+    A validated client message: C{type} names the handler, C{data} is any
+    JSON value, C{id} (when not C{None}) asks for exactly one reply.
+    """
+
+    type: str
+    data: Any = None
+    id: int | str | None = None
+
+
+def encode(value: Any) -> bytes:
+    """
+    Serialize to compact UTF-8 JSON.
+    """
+    return orjson.dumps(value)
+
+
+def validate_envelope(value: Any) -> Envelope:
+    """
+    Check an already-decoded JSON value is an envelope.
+
+    @raise ProtocolError: with code C{bad_envelope}.
+    """
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_envelope", "a message must be a JSON object like "
+                                            '{"type": "chat", "data": "hello"}')
+    request_id = value.get("id")
+    if request_id is not None:
+        if isinstance(request_id, bool) or not isinstance(request_id, (int, str)):
+            raise ProtocolError("bad_envelope", '"id" must be an integer or a string')
+        if isinstance(request_id, str) and len(request_id) > MAX_ID_LENGTH:
+            raise ProtocolError("bad_envelope", f'"id" must be at most {MAX_ID_LENGTH} characters')
+    message_type = value.get("type")
+    if not isinstance(message_type, str) or not 0 < len(message_type) <= MAX_TYPE_LENGTH:
+        raise ProtocolError("bad_envelope",
+                            f'"type" must be a string of 1 to {MAX_TYPE_LENGTH} characters',
+                            request_id)
+    return Envelope(message_type, value.get("data"), request_id)
+
+
+def parse_envelope(raw: bytes | str) -> Envelope:
+    """
+    Decode and validate one envelope from JSON text.
+
+    @raise ProtocolError: with code C{bad_json} or C{bad_envelope}.
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("bad_json", "the message is not valid JSON") from None
+    return validate_envelope(value)
+
+
+def error_payload(code: str, message: str, request_id: Any = None) -> dict[str, Any]:
+    """
+    The body of an C{error} envelope.
+    """
+    return {"type": "error", "id": request_id, "data": {"code": code, "message": message}}
+
+
+class Outgoing:
+    """
+    One server message, serialized once and shared by all its recipients.
+
+    C{pos} is its position in the server's stream (or C{None} for a message
+    addressed to one client that needs none), C{payload} the JSON bytes, and
+    C{key} the conflation key: a queue that conflates keeps only the newest
+    message per key. The WebSocket frame is built on first use and then
+    reused for every WebSocket recipient, so a broadcast is framed once.
+    """
+
+    __slots__ = ("pos", "payload", "key", "created", "_frame")
+
+    def __init__(self, payload: bytes, pos: int | None = None, key: Hashable | None = None,
+                 created: float = 0.0) -> None:
+        self.payload = payload
+        self.pos = pos
+        self.key = key
+        self.created = created
+        self._frame: bytes | None = None
+
+    @classmethod
+    def of(cls, envelope: dict[str, Any], pos: int | None = None, key: Hashable | None = None,
+           created: float = 0.0) -> "Outgoing":
+        """
+        Serialize an envelope dictionary, adding C{pos} to it when given.
+        """
+        if pos is not None:
+            envelope = {**envelope, "pos": pos}
+        return cls(encode(envelope), pos, key, created)
+
+    @property
+    def frame(self) -> bytes:
+        """
+        The complete unmasked WebSocket text frame carrying the payload.
+        """
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = PreparedMessage(self.payload, False, False, True).payloadHybi
+        return frame
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+    def __repr__(self) -> str:
+        return f"<Outgoing pos={self.pos} {self.payload[:60]!r}>"

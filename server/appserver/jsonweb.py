@@ -1,0 +1,341 @@
+"""
+JSON and JSONP over HTTP, done once for every Ajax resource: callback
+validation, headers, CORS and its preflight, errors as JSON, 404 and 405,
+bounded request bodies, and asynchronous handlers.
+
+A resource subclasses L{JSONResource}, lists its C{methods} and implements
+C{handle(request)} returning a JSON-able value (or a Deferred of one), or
+raising L{HTTPError}. It never writes to the request itself.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from .app import HTTPError
+from .envelope import encode
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["JSONResource", "RawJSON", "Rendered", "write_json", "JSONErrorPage", "HTTPError", "LimitedRequest", "LoggingSite",
+           "jsonp_callback", "CALLBACK_PATTERN", "MAX_CALLBACK_LENGTH", "query_arg"]
+
+MAX_CALLBACK_LENGTH = 128
+#: A JavaScript identifier, or a dotted path of them (C{App.handlers.onCount}).
+CALLBACK_PATTERN = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)*\Z")
+
+_JSON = b"application/json; charset=utf-8"
+_JAVASCRIPT = b"application/javascript; charset=utf-8"
+
+
+def query_arg(request: Request, name: str) -> str | None:
+    """
+    The first value of a query argument, decoded as UTF-8 (C{None} when
+    absent).
+
+    @raise HTTPError: 400 when the value is not UTF-8.
+    """
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(400, "bad_request", f"query argument {name!r} is not UTF-8") from None
+
+
+def jsonp_callback(request: Request) -> str | None:
+    """
+    The validated JSONP callback name, or C{None} for a plain JSON request.
+
+    @raise HTTPError: 400 for a name that is not a (dotted) JavaScript
+        identifier of at most L{MAX_CALLBACK_LENGTH} characters.
+    """
+    values = request.args.get(b"callback")
+    if not values:
+        return None
+    raw = values[0]
+    try:
+        name = raw.decode("ascii")
+    except UnicodeDecodeError:
+        name = ""
+    if len(name) > MAX_CALLBACK_LENGTH or not CALLBACK_PATTERN.match(name):
+        raise HTTPError(400, "bad_callback",
+                        f"callback must be a JavaScript identifier or dotted path of at most "
+                        f"{MAX_CALLBACK_LENGTH} characters")
+    return name
+
+
+def _set_cors(request: Request, runtime: "Runtime") -> bool:
+    """
+    Add CORS headers when the request's origin may read the answer;
+    returns whether it may.
+    """
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return True
+    origin_text = origin.decode("latin-1")
+    host = request.getHeader(b"host")
+    if not runtime.origins.allows(origin_text, host.decode("latin-1") if host else None):
+        return False
+    request.setHeader(b"Access-Control-Allow-Origin", origin)
+    request.setHeader(b"Vary", b"Origin")
+    return True
+
+
+def write_json(request: Request, runtime: "Runtime", payload: Any, status: int = 200,
+               callback: str | None = None) -> bytes:
+    """
+    Serialize an answer as JSON, or JSONP when C{callback} is given. A JSONP
+    error still answers 200 (a script that fails to load tells its page
+    nothing) and carries the status in the object.
+    """
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    body = payload.body if isinstance(payload, RawJSON) else None
+    if callback is not None:
+        if status != 200 and isinstance(payload, dict):
+            payload = {**payload, "status": status}
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", _JAVASCRIPT)
+        return b"/**/" + callback.encode("ascii") + b"(" + (body or encode(payload)) + b");"
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", _JSON)
+    _set_cors(request, runtime)
+    return body or encode(payload)
+
+
+class Rendered:
+    """
+    Returned by C{handle} when it has already produced the whole response
+    body and headers.
+    """
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+class RawJSON:
+    """
+    An answer already serialized (for example a long poll's messages, each
+    serialized once for all sessions): sent as is, or wrapped for JSONP.
+    """
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+
+def _error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+class JSONErrorPage(Resource):
+    """
+    A JSON error for any method: the Ajax site's 404.
+    """
+
+    isLeaf = True
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__()
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(self.status)
+        request.setHeader(b"Content-Type", _JSON)
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if request.method == b"HEAD":
+            return b""
+        return encode(_error_body(self.code, self.message))
+
+
+class JSONResource(Resource):
+    """
+    Base of every Ajax endpoint.
+
+    @cvar methods: the HTTP methods C{handle} serves (C{HEAD} follows
+        C{GET}; C{OPTIONS} is the CORS preflight).
+    @cvar check_origin: refuse (403) requests whose Origin is not allowed,
+        for endpoints that change state; read-only ones merely omit the
+        CORS headers so the browser hides the answer.
+    """
+
+    isLeaf = True
+    methods: tuple[bytes, ...] = (b"GET",)
+    check_origin = False
+    log = Logger()
+
+    def __init__(self, runtime: "Runtime") -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    def handle(self, request: Request) -> Any:
+        """
+        Answer the request: a JSON-able value, a Deferred or coroutine of
+        one, a L{Rendered} body, or C{NOT_DONE_YET} when the resource keeps
+        the request to answer it itself (a long poll).
+        """
+        raise NotImplementedError
+
+    def render(self, request: Request) -> bytes | int:
+        if request.postpath and request.postpath != [b""]:
+            return JSONErrorPage(404, "not_found", "no such endpoint").render(request)
+        method = request.method
+        if method == b"OPTIONS":
+            return self._preflight(request)
+        allowed = self.methods + ((b"HEAD",) if b"GET" in self.methods else ())
+        if method not in allowed:
+            request.setHeader(b"Allow", b", ".join(allowed + (b"OPTIONS",)))
+            return self._error(request, None, 405, "method_not_allowed",
+                               f"use {' or '.join(m.decode() for m in self.methods)}")
+        try:
+            callback = jsonp_callback(request)
+        except HTTPError as error:
+            return self._error(request, None, error.status, error.code, error.message)
+        if getattr(request, "too_large", False):
+            return self._error(request, callback, 413, "too_large",
+                               f"the body is larger than {self.runtime.settings.max_message_size} bytes")
+        if self.check_origin and not self._origin_allowed(request):
+            origin = (request.getHeader(b"origin") or b"").decode("latin-1")
+            self.log.warn("refused {method} {path} from origin {origin!r}; {advice}",
+                          method=method.decode(), path=request.path.decode("latin-1"),
+                          origin=origin, advice=self.runtime.origins.advice(origin))
+            return self._error(request, callback, 403, "origin_refused", "this origin may not use this server")
+        try:
+            result = self.handle(request)
+        except HTTPError as error:
+            return self._error(request, callback, error.status, error.code, error.message)
+        except Exception:
+            self.log.failure("Ajax endpoint {path} failed", path=request.path.decode("latin-1"))
+            return self._error(request, callback, 500, "internal_error", "the server failed; the error was logged")
+        if result is NOT_DONE_YET:
+            return NOT_DONE_YET
+        if isinstance(result, Rendered):
+            return self._body(request, result.body)
+        if isinstance(result, Deferred):
+            self._finish_later(request, callback, result)
+            return NOT_DONE_YET
+        if hasattr(result, "__await__"):
+            self._finish_later(request, callback, ensureDeferred(result))
+            return NOT_DONE_YET
+        return self._body(request, write_json(request, self.runtime, result, 200, callback))
+
+    def _origin_allowed(self, request: Request) -> bool:
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return True
+        host = request.getHeader(b"host")
+        return self.runtime.origins.allows(origin.decode("latin-1"), host.decode("latin-1") if host else None)
+
+    def _finish_later(self, request: Request, callback: str | None, result: Deferred[Any]) -> None:
+        finished: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: finished.append(True))
+
+        def succeeded(value: Any) -> None:
+            if finished:
+                return
+            request.write(self._body(request, write_json(request, self.runtime, value, 200, callback)))
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            if finished:
+                return
+            if failure.check(HTTPError):
+                error = failure.value
+                body = self._error(request, callback, error.status, error.code, error.message)
+            else:
+                self.log.failure("Ajax endpoint {path} failed", failure, path=request.path.decode("latin-1"))
+                body = self._error(request, callback, 500, "internal_error",
+                                   "the server failed; the error was logged")
+            request.write(body)
+            request.finish()
+
+        result.addCallbacks(succeeded, failed)
+
+    def _error(self, request: Request, callback: str | None, status: int, code: str, message: str) -> bytes:
+        return self._body(request, write_json(request, self.runtime, _error_body(code, message), status, callback))
+
+    @staticmethod
+    def _body(request: Request, body: bytes) -> bytes:
+        return b"" if request.method == b"HEAD" else body
+
+    def _preflight(self, request: Request) -> bytes:
+        request.setHeader(b"Cache-Control", b"no-store")
+        if request.getHeader(b"origin") is not None and not _set_cors(request, self.runtime):
+            request.setResponseCode(403)
+            request.setHeader(b"Content-Type", _JSON)
+            return encode(_error_body("origin_refused", "this origin may not use this server"))
+        request.setResponseCode(204)
+        request.setHeader(b"Access-Control-Allow-Methods", b", ".join(self.methods + (b"OPTIONS",)))
+        request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type, Authorization")
+        request.setHeader(b"Access-Control-Max-Age", b"600")
+        request.setHeader(b"Allow", b", ".join(self.methods + (b"OPTIONS",)))
+        return b""
+
+
+class LimitedRequest(Request):
+    """
+    A request that stops buffering its body past the site's size limit and
+    marks itself C{too_large}, so an oversized upload costs no memory and
+    gets a 413.
+    """
+
+    too_large = False
+    _received = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        limit = getattr(self.channel.site, "max_body_size", None)
+        self._received += len(data)
+        if limit is not None and self._received > limit:
+            if not self.too_large:
+                self.too_large = True
+                self.content.seek(0)
+                self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+class LoggingSite(Site):
+    """
+    A Site whose access log goes through twisted.logger as structured
+    fields (so JSON log output keeps them), and whose request bodies are
+    bounded.
+    """
+
+    requestFactory = LimitedRequest
+    access = Logger(namespace="appserver.access")
+
+    def __init__(self, resource: Resource, max_body_size: int | None = None,
+                 access_log: bool = True, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.max_body_size = max_body_size
+        self.access_log = access_log
+
+    def log(self, request: Request) -> None:
+        if not self.access_log:
+            return
+        self.access.info(
+            '{client} "{method} {uri} {protocol}" {code} {length}',
+            client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-",
+            method=request.method.decode("latin-1"),
+            # The path only: query strings carry session ids and JSONP message bodies.
+            uri=request.path.decode("latin-1")[:512],
+            protocol=request.clientproto.decode("latin-1"),
+            code=request.code,
+            length=request.sentLength or "-",
+        )

@@ -1,0 +1,119 @@
+"""
+Everything the sites of one server share, in one object passed to each.
+
+The L{ClientTracker} is the shared state; the L{Runtime} adds the services
+that act on it (dispatcher, origin policy, connection limits) and the
+settings, so a site's constructor takes one argument and no site reaches for
+a global.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+
+from .app import App
+from .dispatch import Dispatcher
+from .limits import ConnectionLimiter, TokenBucket
+from .origins import OriginPolicy
+from .settings import Settings
+from .tracker import ClientTracker, TrackerEvents, TrackerLimits
+
+__all__ = ["Runtime", "build_runtime"]
+
+
+@dataclass
+class Runtime:
+    """
+    @ivar own_ports: ports this server listens on, filled in as each site
+        starts listening (the origin policy needs them, and C{tcp:0}
+        endpoints only know theirs then).
+    @ivar accepting: cleared at shutdown so new connections and sessions
+        are refused while the existing ones are told to go elsewhere.
+    """
+
+    settings: Settings
+    tracker: ClientTracker
+    dispatcher: Dispatcher
+    app: App
+    reactor: Any
+    origins: OriginPolicy
+    limiter: ConnectionLimiter
+    own_ports: set[int] = field(default_factory=set)
+    accepting: bool = True
+    sessions: Any = None
+    metrics: Any = None
+
+    def clock(self) -> float:
+        return self.reactor.seconds()
+
+    def authenticate(self, info: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
+        """
+        Run the application's authentication hooks on a new connection.
+
+        @return: a Deferred firing with the attributes to store on the
+            client, or C{None} when a hook refused.
+        """
+        async def run() -> dict[str, Any] | None:
+            attributes: dict[str, Any] = {}
+            for hook in self.app.authenticators:
+                verdict = hook(info)
+                if isinstance(verdict, Deferred) or hasattr(verdict, "__await__"):
+                    verdict = await verdict
+                if not verdict:
+                    return None
+                if isinstance(verdict, dict):
+                    attributes.update(verdict)
+            return attributes
+        return ensureDeferred(run())
+
+    def new_bucket(self) -> TokenBucket | None:
+        """
+        A rate limiter for one new client, or C{None} when rate limiting is
+        off.
+        """
+        rate = self.settings.rate_limit
+        if rate <= 0:
+            return None
+        return TokenBucket(rate, max(1.0, rate * 2), self.reactor.seconds)
+
+
+def build_runtime(settings: Settings, app: App, reactor: IReactorTime,
+                  events: TrackerEvents | None = None,
+                  wall_clock: Callable[[], float] | None = None) -> Runtime:
+    """
+    Build the shared state and services of one server from its settings.
+    """
+    tracker = ClientTracker(
+        TrackerLimits(
+            max_queue_messages=settings.max_queue_messages,
+            max_queue_bytes=settings.max_queue_bytes,
+            max_channels_per_client=settings.max_channels_per_client,
+            history_size=settings.history_size,
+            history_age=settings.history_age,
+            default_policy=settings.queue_policy,
+        ),
+        clock=wall_clock or reactor.seconds,
+        events=events,
+    )
+    for pattern, policy in app.channel_policies:
+        tracker.set_policy(pattern, policy)
+    own_ports: set[int] = set()
+
+    def ports() -> Iterable[int]:
+        return own_ports
+
+    runtime = Runtime(
+        settings=settings,
+        tracker=tracker,
+        dispatcher=Dispatcher(tracker, app, reactor),
+        app=app,
+        reactor=reactor,
+        origins=OriginPolicy(settings.allowed_origin, ports),
+        limiter=ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip),
+        own_ports=own_ports,
+    )
+    return runtime

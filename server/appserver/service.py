@@ -1,0 +1,227 @@
+"""
+The twistd service: one runtime (one tracker) and the sites that share it,
+the application's tasks, and a graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import txaio
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from .ajax import build_ajax_resource
+from .app import App
+from .jsonweb import LoggingSite
+from .runtime import Runtime, build_runtime
+from .settings import Settings
+from .static import build_static_resource
+from .tracker import TrackerEvents
+from .websocket import build_websocket_resource
+
+__all__ = ["AppServerService", "SiteService"]
+
+#: Clients told to reconnect at shutdown spread their returns over this many
+#: milliseconds, so a restarted server is not hit by all of them at once.
+RECONNECT_SPREAD_MS = (500, 3000)
+
+
+class SiteService(Service):
+    """
+    Listens on one endpoint with one site; knows its port once listening.
+    """
+
+    log = Logger()
+
+    def __init__(self, name: str, description: str, site: Any, reactor: Any,
+                 on_listening: Callable[[str, IListeningPort], None]) -> None:
+        self.setName(name)
+        self.description = description
+        self.site = site
+        self.reactor = reactor
+        self.on_listening = on_listening
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = serverFromString(self.reactor, self.description)
+        outcome: list[Any] = []
+        endpoint.listen(self.site).addBoth(outcome.append)
+        if not outcome:
+            raise CannotListenError(None, self.description, "listening did not complete at start-up")
+        result = outcome[0]
+        if isinstance(result, Failure):
+            error = result.value
+            raise CannotListenError(None, self.description,
+                                    f"the {self.name} site cannot listen on {self.description}: {error}")
+        self.port = result
+        self.on_listening(self.name, result)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+class AppServerService(MultiService):
+    """
+    The whole server. Build it with settings and an application; twistd
+    starts and stops it.
+    """
+
+    log = Logger()
+
+    def __init__(self, settings: Settings, app: App, reactor: Any = None,
+                 events: TrackerEvents | None = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        self.reactor = reactor
+        self.settings = settings
+        self.app = app
+        # Autobahn logs every frame at debug level, and twistd shows every
+        # level: keep its chatter out of production logs.
+        txaio.set_global_log_level("info")
+        self.runtime: Runtime = build_runtime(settings, app, reactor, events=events)
+        self.ports: dict[str, int] = {}
+        self._tasks: list[LoopingCall] = []
+        self._build_sites()
+
+    # Sites -------------------------------------------------------------
+
+    def _site(self, resource: Resource) -> LoggingSite:
+        site = LoggingSite(resource, max_body_size=self.settings.max_message_size,
+                           access_log=self.settings.access_log)
+        site.noisy = False
+        return site
+
+    def _build_sites(self) -> None:
+        runtime = self.runtime
+        ajax = build_ajax_resource(runtime)
+        ws = build_websocket_resource(runtime)
+        static = build_static_resource(runtime, self.client_urls)
+        if self.settings.listen:
+            static.putChild(b"ajax", ajax)
+            static.putChild(b"ws", ws)
+            self._add_site("single", self.settings.listen, static)
+        else:
+            self._add_site("static", self.settings.static, static)
+            self._add_site("ajax", self.settings.ajax, ajax)
+            self._add_site("ws", self.settings.ws, ws)
+
+    def _add_site(self, name: str, description: str, resource: Resource) -> None:
+        SiteService(name, description, self._site(resource), self.reactor, self._listening).setServiceParent(self)
+
+    def _listening(self, name: str, port: IListeningPort) -> None:
+        number = port.getHost().port
+        self.ports[name] = number
+        self.runtime.own_ports.add(number)
+        self.log.info("appserver {site} site listening on port {port}", site=name, port=number)
+
+    def client_urls(self, request: Request) -> dict[str, str]:
+        """
+        Where a page loaded through C{request} finds the Ajax and WebSocket
+        sites: same host name, this server's ports.
+        """
+        secure = request.isSecure()
+        host_header = (request.getHeader(b"host") or b"localhost").decode("latin-1")
+        hostname = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+        if "single" in self.ports:
+            http = f"{'https' if secure else 'http'}://{host_header}"
+            return {"wsUrl": f"{'wss' if secure else 'ws'}://{host_header}/ws", "ajaxUrl": f"{http}/ajax"}
+        ws_secure = self.settings.ws.startswith("ssl:")
+        ajax_secure = self.settings.ajax.startswith("ssl:")
+        return {
+            "wsUrl": f"{'wss' if ws_secure else 'ws'}://{hostname}:{self.ports.get('ws', 9002)}/",
+            "ajaxUrl": f"{'https' if ajax_secure else 'http'}://{hostname}:{self.ports.get('ajax', 9001)}",
+        }
+
+    # Life cycle -----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        tracker = self.runtime.tracker
+        for seconds, function in self.app.periodic:
+            self._start_task(seconds, function)
+        self._start_task(30.0, lambda _: tracker.sweep(), name="history sweep")
+        for hook in self.app.startup:
+            defer.maybeDeferred(hook, tracker, self.reactor).addErrback(
+                lambda failure, hook=hook: self.log.failure("startup hook {hook} failed", failure,
+                                                            hook=getattr(hook, "__name__", hook)))
+
+    def _start_task(self, seconds: float, function: Callable[[Any], Any], name: str | None = None) -> None:
+        tracker = self.runtime.tracker
+        label = name or getattr(function, "__name__", repr(function))
+
+        def run() -> Any:
+            try:
+                result = function(tracker)
+            except Exception:
+                self.log.failure("periodic task {task} failed; it keeps running", task=label)
+                return None
+            if isinstance(result, defer.Deferred) or hasattr(result, "__await__"):
+                return defer.ensureDeferred(result).addErrback(
+                    lambda failure: self.log.failure("periodic task {task} failed; it keeps running",
+                                                     failure, task=label))
+            return None
+
+        loop = LoopingCall(run)
+        loop.clock = self.reactor
+        loop.start(seconds, now=False).addErrback(
+            lambda failure: self.log.failure("periodic task {task} stopped", failure, task=label))
+        self._tasks.append(loop)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        """
+        Graceful shutdown: refuse newcomers, tell every client to reconnect
+        after a jittered delay, close WebSockets with 1001, answer pending
+        polls, stop listening, and give connections C{shutdown-timeout}
+        seconds to go before cutting the rest.
+        """
+        runtime = self.runtime
+        runtime.accepting = False
+        for loop in self._tasks:
+            if loop.running:
+                loop.stop()
+        self._tasks.clear()
+        tracker = runtime.tracker
+        clients = list(tracker.clients.values())
+        if clients:
+            self.log.info("shutting down: telling {count} clients to reconnect", count=len(clients))
+        for client in clients:
+            after_ms = random.randint(*RECONNECT_SPREAD_MS)
+            tracker.send_to(client, {"type": "reconnect", "data": {"after_ms": after_ms}})
+        for client in clients:
+            if client.transport != "ajax":
+                client.close(1001, "server shutting down")
+        if runtime.sessions is not None:
+            # Let the reconnect envelopes go out with the pending polls first.
+            yield deferLater(self.reactor, 0, lambda: None)
+            runtime.sessions.close_all(1001, "server shutting down")
+        yield super().stopService()
+        deadline = self.reactor.seconds() + self.settings.shutdown_timeout
+        while tracker.client_count and self.reactor.seconds() < deadline:
+            yield deferLater(self.reactor, 0.05, lambda: None)
+        for client in list(tracker.clients.values()):
+            protocol = getattr(client, "protocol", None)
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.abortConnection()
+        for hook in self.app.shutdown:
+            try:
+                yield defer.maybeDeferred(hook, tracker, self.reactor)
+            except Exception:
+                self.log.failure("shutdown hook failed")

@@ -1,0 +1,150 @@
+"""
+The static site: the pages (html/) at C{/}, the browser client (js/) at
+C{/js/}, jQuery at C{/vendor/}, and C{/appserver-config.js}, which tells the
+pages where the Ajax and WebSocket sites are.
+
+Hardened over a bare C{File}: no directory listings, no dotfiles, 404s that
+name no file-system path, explicit content types and caching headers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+from twisted.web.static import File
+
+from .envelope import encode
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["SafeFile", "build_static_resource", "find_web_directory", "ConfigScript"]
+
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json; charset=utf-8",
+    ".map": "application/json; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".txt": "text/plain; charset=utf-8",
+    ".woff2": "font/woff2",
+}
+
+
+class _NotFound(Resource):
+    """
+    A 404 that says nothing about the server's files.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Cache-Control", b"no-store")
+        if request.method == b"HEAD":
+            return b""
+        return b"<!doctype html><title>404 Not Found</title><h1>404 Not Found</h1><p>No such page.</p>"
+
+
+class SafeFile(File):
+    """
+    A C{File} that never lists a directory, never serves a dotfile, and
+    answers every miss with the same path-free 404.
+    """
+
+    contentTypes = _CONTENT_TYPES
+    defaultType = "application/octet-stream"
+    childNotFound = _NotFound()
+    forbidden = _NotFound()
+
+    def directoryListing(self) -> Resource:
+        return self.childNotFound
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path.startswith(b"."):
+            return self.childNotFound
+        return super().getChild(path, request)
+
+    def render_GET(self, request: Request) -> Any:
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Referrer-Policy", b"same-origin")
+        if self.path.endswith((".html", ".htm")) or self.isdir():
+            # Pages change with deployments: always revalidate (cheap: 304).
+            request.setHeader(b"Cache-Control", b"no-cache")
+        else:
+            request.setHeader(b"Cache-Control", b"public, max-age=3600")
+        return super().render_GET(request)
+
+
+class ConfigScript(Resource):
+    """
+    C{/appserver-config.js}: C{window.AppServerConfig = {wsUrl, ajaxUrl}}
+    for the host the page was loaded from and the ports this server really
+    listens on (with C{tcp:0} they are only known at run time).
+    """
+
+    isLeaf = True
+
+    def __init__(self, urls: Callable[[Request], dict[str, str]]) -> None:
+        super().__init__()
+        self.urls = urls
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", b"text/javascript; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        return b"window.AppServerConfig = " + encode(self.urls(request)) + b";\n"
+
+
+def find_web_directory(name: str, configured: str | None) -> Path:
+    """
+    Where C{html} or C{js} lives: the option if given, else the checkout
+    this package runs from, else the copy installed under
+    C{sys.prefix/share/appserver}.
+
+    @raise ValueError: naming the directories tried.
+    """
+    if configured:
+        path = Path(configured).expanduser().resolve()
+        if not path.is_dir():
+            raise ValueError(f"--{name} {configured}: not a directory")
+        return path
+    candidates = [
+        Path(__file__).resolve().parent.parent.parent / name,
+        Path(sys.prefix) / "share" / "appserver" / name,
+        Path(os.environ.get("APPSERVER_SHARE", "/usr/local/share/appserver")) / name,
+    ]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise ValueError(f"cannot find the {name}/ directory (tried {', '.join(map(str, candidates))}); "
+                     f"pass --{name} DIR")
+
+
+def _jquery_directory() -> Path:
+    import xstatic.pkg.jquery as xjquery
+    return Path(xjquery.BASE_DIR)
+
+
+def build_static_resource(runtime: "Runtime", urls: Callable[[Request], dict[str, str]]) -> Resource:
+    """
+    The static site's tree.
+    """
+    settings = runtime.settings
+    root = SafeFile(str(find_web_directory("html", settings.html)))
+    root.putChild(b"js", SafeFile(str(find_web_directory("js", settings.js))))
+    root.putChild(b"vendor", SafeFile(str(_jquery_directory())))
+    root.putChild(b"appserver-config.js", ConfigScript(urls))
+    return root

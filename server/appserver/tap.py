@@ -1,0 +1,88 @@
+"""
+C{twistd appserver}: command-line options and the service they build.
+
+Every option is described once, in L{appserver.settings.OPTION_SPECS}; this
+module turns those descriptions into twistd options and the parsed values
+into L{Settings}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+
+from .app import load_app
+from .service import AppServerService
+from .settings import OPTION_SPECS, Settings, SettingsError
+
+__all__ = ["Options", "makeService"]
+
+
+def _describe(spec: Any) -> str:
+    if spec.repeatable:
+        return f"{spec.help}"
+    default = spec.default
+    shown = "none" if default is None else default
+    return f"{spec.help} [default: {shown}]"
+
+
+class Options(usage.Options):
+    """
+    twistd appserver [options]. Every option is also C{APPSERVER_<NAME>} in
+    the environment and C{name} in a C{--config} file.
+    """
+
+    synopsis = "[options]"
+    longdesc = ("Real-time application server: static pages, JSON/JSONP Ajax with long-poll, and "
+                "WebSocket push, sharing one client tracker. See README.md and docs/.")
+    optParameters = [
+        [spec.name, None, None, _describe(spec)]
+        for spec in OPTION_SPECS
+        if not spec.repeatable and not spec.flag
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["allowed-origin"] = []
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """
+        Origin allowed to open WebSockets, Ajax sessions and CORS calls: an
+        exact origin or an anchored pattern like https://*.example.com;
+        repeatable. Default: the server's own pages only. * allows any.
+        """
+        self["allowed-origin"].append(origin)
+
+    def postOptions(self) -> None:
+        values: dict[str, Any] = {}
+        for spec in OPTION_SPECS:
+            value = self.get(spec.name)
+            if spec.repeatable:
+                if value:
+                    values[spec.name] = list(value)
+            elif value is not None:
+                values[spec.name] = value
+        try:
+            settings = Settings.from_mapping(values)
+        except SettingsError as error:
+            raise usage.UsageError(str(error)) from None
+        for name in ("listen",) if settings.listen else ("static", "ajax", "ws"):
+            description = getattr(settings, name)
+            try:
+                serverFromString(MemoryReactor(), description)
+            except (ValueError, KeyError, TypeError) as error:
+                raise usage.UsageError(f"--{name} {description!r} is not a valid endpoint "
+                                       f"(e.g. tcp:9000, tcp:9000:interface=127.0.0.1, "
+                                       f"ssl:9443:privateKey=key.pem:certKey=cert.pem): {error}") from None
+        try:
+            self.app = load_app(settings.app)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        self.settings = settings
+
+
+def makeService(options: Options) -> AppServerService:
+    return AppServerService(options.settings, options.app)

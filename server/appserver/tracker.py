@@ -1,0 +1,407 @@
+"""
+The one shared state of a server: who is connected, on which transport, in
+which channels and rooms, and what was recently sent.
+
+Every site (WebSocket, Ajax, the application's own routes) holds the same
+L{ClientTracker}, so a count, a channel or a message is the same whichever
+way a client came in. It is pure logic: no sockets, no reactor, a clock
+passed in; a test can drive it with plain objects.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterable
+
+from .client import Client
+from .envelope import Outgoing, ProtocolError
+from .history import StreamHistory
+from .queue import POLICIES
+
+__all__ = ["ClientTracker", "TrackerEvents", "TrackerLimits", "GLOBAL_STREAM",
+           "validate_channel_name", "validate_room_name", "validate_username"]
+
+#: History key of the global broadcast stream (the chat every client gets).
+#: Not a valid channel name, so it cannot collide with one.
+GLOBAL_STREAM = ""
+
+_NAME = re.compile(r"[A-Za-z0-9_\-.:/@#]{1,128}\Z")
+MAX_USERNAME_LENGTH = 64
+
+
+def validate_channel_name(channel: Any) -> str:
+    """
+    @raise ProtocolError: C{bad_data}, saying which names are allowed.
+    """
+    if not isinstance(channel, str) or not _NAME.match(channel):
+        raise ProtocolError("bad_data", "a channel name is 1 to 128 characters among "
+                                        "letters, digits and _-.:/@#")
+    return channel
+
+
+def validate_room_name(room: Any) -> str:
+    """
+    @raise ProtocolError: C{bad_data}, saying which names are allowed.
+    """
+    if not isinstance(room, str) or not _NAME.match(room):
+        raise ProtocolError("bad_data", "a room name is 1 to 128 characters among "
+                                        "letters, digits and _-.:/@#")
+    return room
+
+
+def validate_username(username: Any) -> str:
+    """
+    @raise ProtocolError: C{bad_data} for an empty, too long or control-character name.
+    """
+    if (not isinstance(username, str) or not username.strip()
+            or len(username) > MAX_USERNAME_LENGTH or not username.isprintable()):
+        raise ProtocolError("bad_data", f"a username is 1 to {MAX_USERNAME_LENGTH} printable characters")
+    return username
+
+
+@dataclass(frozen=True)
+class TrackerLimits:
+    """
+    The per-client bounds the tracker enforces.
+    """
+
+    max_queue_messages: int = 1000
+    max_queue_bytes: int = 1024 * 1024
+    max_channels_per_client: int = 100
+    history_size: int = 1000
+    history_age: float = 300.0
+    default_policy: str = "disconnect"
+
+
+class TrackerEvents:
+    """
+    Hooks called on every state change, for metrics and logs. The base class
+    does nothing; the metrics module overrides what it counts.
+    """
+
+    def registered(self, client: Client) -> None:
+        pass
+
+    def unregistered(self, client: Client) -> None:
+        pass
+
+    def fanout(self, stream: str, recipients: int, message: Outgoing) -> None:
+        pass
+
+    def slow_consumer(self, client: Client, detail: str) -> None:
+        pass
+
+    def recovery(self, client: Client, recovered: bool) -> None:
+        pass
+
+    def handler_error(self, message_type: str) -> None:
+        pass
+
+    def message_in(self, client: Client, message_type: str) -> None:
+        pass
+
+
+class ClientTracker:
+    """
+    The shared state. Transports call L{register} and L{unregister};
+    handlers and background tasks call L{broadcast}, L{publish},
+    L{send_to} and the room methods.
+
+    @ivar epoch: random for each server start: positions from another epoch
+        mean nothing here, so a client presenting one is not recovered.
+    @ivar position: the last position handed out.
+    """
+
+    def __init__(self, limits: TrackerLimits | None = None,
+                 clock: Callable[[], float] = time.time,
+                 events: TrackerEvents | None = None,
+                 epoch: str | None = None) -> None:
+        self.limits = limits or TrackerLimits()
+        self.clock = clock
+        self.events = events or TrackerEvents()
+        self.epoch = epoch or secrets.token_hex(8)
+        self.position = 0
+        self.clients: dict[str, Client] = {}
+        self.counts: dict[str, int] = {}
+        self.channels: dict[str, dict[Client, None]] = {}
+        self.rooms: dict[str, dict[Client, str]] = {}
+        self.histories: dict[str, StreamHistory] = {}
+        self._policies: list[tuple[str, str]] = []
+        # Histories deleted by sweep() could vouch for nothing at or before this.
+        self._forgotten_after = 0
+
+    # Membership ---------------------------------------------------------
+
+    def register(self, client: Client) -> None:
+        """
+        Count a client in. Registering twice is harmless.
+        """
+        if client.client_id in self.clients:
+            return
+        self.clients[client.client_id] = client
+        client.connected_at = self.position
+        self.counts[client.transport] = self.counts.get(client.transport, 0) + 1
+        self.events.registered(client)
+
+    def unregister(self, client: Client) -> None:
+        """
+        Count a client out and remove it from every channel and room (the
+        rooms' members are told it left). Safe to call on every path that
+        ends a connection: only the first call does anything.
+        """
+        if self.clients.get(client.client_id) is not client:
+            return
+        del self.clients[client.client_id]
+        self.counts[client.transport] -= 1
+        for channel in list(client.channels):
+            self._remove_subscriber(client, channel)
+        for room in list(client.rooms):
+            self.leave_room(client, room)
+        if client.queue is not None:
+            client.queue.clear()
+        self.events.unregistered(client)
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    @property
+    def client_count(self) -> int:
+        return len(self.clients)
+
+    def count_by_transport(self) -> dict[str, int]:
+        """
+        The number of clients per transport, with both built-in transports
+        always present.
+        """
+        counts = {"websocket": 0, "ajax": 0}
+        counts.update(self.counts)
+        return counts
+
+    def get(self, client_id: str) -> Client | None:
+        return self.clients.get(client_id)
+
+    # Positions and history ----------------------------------------------
+
+    def next_position(self) -> int:
+        self.position += 1
+        return self.position
+
+    def _history(self, stream: str) -> StreamHistory:
+        history = self.histories.get(stream)
+        if history is None:
+            history = self.histories[stream] = StreamHistory(
+                self.limits.history_size, self.limits.history_age, self.clock,
+                complete_after=self.position)
+        return history
+
+    def _stamp(self, envelope: dict[str, Any], stream: str, key: Hashable | None) -> Outgoing:
+        """
+        Give a stream message its position, serialize it once and keep it in
+        the stream's history.
+        """
+        history = self._history(stream)
+        message = Outgoing.of(envelope, self.next_position(), key, self.clock())
+        history.append(message)
+        return message
+
+    # Sending ------------------------------------------------------------
+
+    def broadcast(self, message_type: str, data: Any, key: Hashable | None = None) -> Outgoing:
+        """
+        Send C{{"type": message_type, "data": data}} to every client, with a
+        position in the global stream (recoverable after a reconnect).
+        """
+        message = self._stamp({"type": message_type, "data": data}, GLOBAL_STREAM, key)
+        recipients = list(self.clients.values())
+        policy = self.limits.default_policy
+        for client in recipients:
+            client.deliver(message, policy)
+        self.events.fanout(GLOBAL_STREAM, len(recipients), message)
+        return message
+
+    def publish(self, channel: str, data: Any, key: Hashable | None = None) -> Outgoing:
+        """
+        Send C{{"type": "message", "channel": channel, "data": data}} to the
+        channel's subscribers, under the channel's overflow policy.
+        """
+        validate_channel_name(channel)
+        message = self._stamp({"type": "message", "channel": channel, "data": data}, channel, key)
+        subscribers = self.channels.get(channel)
+        if subscribers:
+            recipients = list(subscribers)
+            policy = self.policy_for(channel)
+            for client in recipients:
+                client.deliver(message, policy)
+            self.events.fanout(channel, len(recipients), message)
+        return message
+
+    def send_to(self, client: Client | str, envelope: dict[str, Any]) -> bool:
+        """
+        Send one envelope to one client (no position: it is not part of any
+        stream). Returns whether the client was found.
+        """
+        if isinstance(client, str):
+            found = self.clients.get(client)
+            if found is None:
+                return False
+            client = found
+        client.deliver(Outgoing.of(envelope), self.limits.default_policy)
+        return True
+
+    def send_to_room(self, room: str, envelope: dict[str, Any]) -> int:
+        """
+        Send one envelope to every member of a room; returns how many.
+        """
+        members = self.rooms.get(room)
+        if not members:
+            return 0
+        message = Outgoing.of(envelope)
+        recipients = list(members)
+        for client in recipients:
+            client.deliver(message, self.limits.default_policy)
+        return len(recipients)
+
+    # Channels -----------------------------------------------------------
+
+    def set_policy(self, pattern: str, policy: str) -> None:
+        """
+        Set the overflow policy of channels matching a glob pattern; later
+        calls take precedence over earlier ones.
+        """
+        if policy not in POLICIES:
+            raise ValueError(f"{policy!r} is not a policy; use one of {', '.join(POLICIES)}")
+        self._policies.insert(0, (pattern, policy))
+
+    def policy_for(self, channel: str) -> str:
+        for pattern, policy in self._policies:
+            if fnmatch.fnmatchcase(channel, pattern):
+                return policy
+        return self.limits.default_policy
+
+    def subscribe(self, client: Client, channel: str) -> None:
+        """
+        @raise ProtocolError: C{bad_data} for a bad name, C{limit} past
+            the per-client channel limit.
+        """
+        validate_channel_name(channel)
+        if channel in client.channels:
+            return
+        if len(client.channels) >= self.limits.max_channels_per_client:
+            raise ProtocolError("limit", f"at most {self.limits.max_channels_per_client} channels per client; "
+                                         "unsubscribe from one first")
+        client.channels.add(channel)
+        self.channels.setdefault(channel, {})[client] = None
+
+    def unsubscribe(self, client: Client, channel: str) -> None:
+        if channel in client.channels:
+            self._remove_subscriber(client, channel)
+
+    def _remove_subscriber(self, client: Client, channel: str) -> None:
+        client.channels.discard(channel)
+        subscribers = self.channels.get(channel)
+        if subscribers is not None:
+            subscribers.pop(client, None)
+            if not subscribers:
+                del self.channels[channel]
+
+    def subscriber_count(self, channel: str) -> int:
+        return len(self.channels.get(channel, ()))
+
+    # Rooms --------------------------------------------------------------
+
+    def join_room(self, client: Client, room: str, username: str) -> None:
+        """
+        Enter a room; every member, the newcomer included, is told.
+        Joining again under another name renames the member.
+        """
+        validate_room_name(room)
+        validate_username(username)
+        members = self.rooms.setdefault(room, {})
+        if client.rooms.get(room) == username:
+            return
+        if room in client.rooms:
+            self.leave_room(client, room)
+            members = self.rooms.setdefault(room, {})
+        members[client] = username
+        client.rooms[room] = username
+        self.send_to_room(room, {"type": "join", "data": {"room": room, "username": username}})
+
+    def leave_room(self, client: Client, room: str) -> bool:
+        """
+        Leave a room; the remaining members are told. Returns whether the
+        client was a member.
+        """
+        username = client.rooms.pop(room, None)
+        members = self.rooms.get(room)
+        if username is None or members is None:
+            return False
+        members.pop(client, None)
+        if not members:
+            del self.rooms[room]
+        else:
+            self.send_to_room(room, {"type": "leave", "data": {"room": room, "username": username}})
+        return True
+
+    def room_members(self, room: str) -> list[str]:
+        return sorted(self.rooms.get(room, {}).values())
+
+    def room_size(self, room: str) -> int:
+        return len(self.rooms.get(room, ()))
+
+    # Recovery -----------------------------------------------------------
+
+    def replay(self, client: Client, epoch: Any, since: Any, channels: Iterable[str],
+               connected_at: int) -> bool:
+        """
+        Send a reconnecting client what it missed since position C{since}:
+        global broadcasts up to C{connected_at} (later ones reached it live)
+        and messages of C{channels}, in position order.
+
+        @return: whether the replay is complete (C{recovered}). C{False}
+            when the epoch is another server's, or a history no longer
+            reaches back to C{since}: the application must reload its state.
+        """
+        if (epoch != self.epoch or isinstance(since, bool) or not isinstance(since, int)
+                or since < 0 or since > self.position):
+            self.events.recovery(client, False)
+            return False
+        streams: list[tuple[str, int | None]] = [(GLOBAL_STREAM, connected_at)]
+        streams.extend((channel, None) for channel in channels)
+        recovered = True
+        missed: list[Outgoing] = []
+        for stream, until in streams:
+            history = self.histories.get(stream)
+            if history is None:
+                # Never published, or swept after its messages expired.
+                if since < self._forgotten_after:
+                    recovered = False
+                continue
+            if not history.covers(since):
+                recovered = False
+            missed.extend(history.after(since, until))
+        missed.sort(key=_position_of)
+        policy = self.limits.default_policy
+        for message in missed:
+            client.deliver(message, policy)
+        self.events.recovery(client, recovered)
+        return recovered
+
+    def sweep(self) -> None:
+        """
+        Drop expired history and the histories of channels nobody follows
+        and whose messages have all expired.
+        """
+        for stream in list(self.histories):
+            history = self.histories[stream]
+            history.expire()
+            if not len(history) and stream not in self.channels and stream != GLOBAL_STREAM:
+                self._forgotten_after = max(self._forgotten_after, history.complete_after)
+                del self.histories[stream]
+
+
+def _position_of(message: Outgoing) -> int:
+    return message.pos or 0

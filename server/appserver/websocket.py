@@ -1,0 +1,316 @@
+"""
+The WebSocket transport: a thin adapter from Autobahn's callbacks to the
+tracker and the dispatcher.
+
+L{TrackedProtocol} is the base every WebSocket endpoint shares: origin
+policy, connection limits, authentication, size limits and pings (through
+the factory's options), registration with the tracker from open to every
+kind of end, and backpressure (a client that stops reading gets a bounded
+queue, not an ever-growing transport buffer). L{EnvelopeProtocol} adds the
+envelope protocol of docs/protocol.md; applications subclass
+L{TrackedProtocol} for raw frame protocols.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from .client import Client
+from .envelope import Outgoing, ProtocolError, error_payload, parse_envelope
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["TrackedProtocol", "EnvelopeProtocol", "WebSocketClient", "AppServerWebSocketFactory",
+           "build_websocket_resource"]
+
+_STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
+
+
+class WebSocketClient(Client):
+    """
+    The tracker's view of one WebSocket connection.
+    """
+
+    transport = "websocket"
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: "TrackedProtocol", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.protocol = protocol
+
+    def write(self, message: Outgoing) -> None:
+        protocol = self.protocol
+        if protocol.state == _STATE_OPEN:
+            protocol.transport.write(message.frame)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        protocol = self.protocol
+        if protocol.state == _STATE_OPEN:
+            protocol.sendClose(code, reason)
+        else:
+            protocol.dropConnection(abort=True)
+
+
+class RawClient(WebSocketClient):
+    """
+    A client of an application's raw endpoint: counted, but it speaks its
+    own protocol, so envelopes addressed to everyone are not sent to it.
+    """
+
+    __slots__ = ()
+
+    def deliver(self, message: Outgoing, policy: str = "disconnect") -> None:
+        return None
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """
+    Registered on the transport so Twisted tells the client when the peer
+    stops reading (the transport buffer passed its high-water mark) and when
+    it drains.
+    """
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def pauseProducing(self) -> None:
+        self.client.pause()
+
+    def resumeProducing(self) -> None:
+        self.client.resume()
+
+    def stopProducing(self) -> None:
+        self.client.paused = True
+
+
+class TrackedProtocol(WebSocketServerProtocol):
+    """
+    Base of every WebSocket endpoint of the server. Subclasses implement
+    C{onMessage}; C{self.client} is the tracker's L{Client}.
+    """
+
+    log = Logger()
+    client_class: type[WebSocketClient] = RawClient
+    factory: "AppServerWebSocketFactory"
+
+    client: WebSocketClient | None = None
+    _limiter_ip: str | None = None
+    _origin: str | None = None
+    _attributes: dict[str, Any] | None = None
+
+    # Handshake -----------------------------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:
+        runtime = self.factory.runtime
+        origin = request.headers.get("origin")
+        self._origin = origin
+        if not runtime.accepting:
+            raise ConnectionDeny(503, "server shutting down; reconnect elsewhere")
+        if not runtime.origins.allows(origin, request.headers.get("host")):
+            self.log.warn("refused WebSocket from {peer}: origin {origin!r} not allowed; {advice}",
+                          peer=self.peer, origin=origin, advice=runtime.origins.advice(origin or ""))
+            raise ConnectionDeny(403, "origin not allowed")
+        ip = self.transport.getPeer().host if hasattr(self.transport.getPeer(), "host") else self.peer
+        refusal = runtime.limiter.refusal(ip)
+        if refusal is not None:
+            self.log.warn("refused WebSocket from {peer}: {refusal}", peer=self.peer, refusal=refusal)
+            raise ConnectionDeny(503, refusal)
+        runtime.limiter.acquire(ip)
+        self._limiter_ip = ip
+        if not runtime.app.authenticators:
+            return None
+        info = {
+            "query": request.params,
+            "headers": dict(request.headers),
+            "cookies": _cookies(request.headers.get("cookie", "")),
+            "peer": self.peer,
+            "origin": origin,
+            "path": request.path,
+        }
+
+        def decided(attributes: dict[str, Any] | None) -> None:
+            if attributes is None:
+                self.log.info("refused WebSocket from {peer}: authentication refused", peer=self.peer)
+                raise ConnectionDeny(403, "authentication refused")
+            self._attributes = attributes
+
+        return runtime.authenticate(info).addCallback(decided)
+
+    def onOpen(self) -> None:
+        runtime = self.factory.runtime
+        client = self.client_class(self, tracker=runtime.tracker, peer=self.peer, origin=self._origin)
+        client.bucket = runtime.new_bucket()
+        if self._attributes:
+            client.attributes.update(self._attributes)
+        self.client = client
+        self._watch_backpressure(client)
+        runtime.tracker.register(client)
+        self.log.info("WebSocket open {client_id} peer={peer} origin={origin} transport=websocket",
+                      client_id=client.client_id, peer=self.peer, origin=self._origin)
+
+    def _watch_backpressure(self, client: Client) -> None:
+        transport = self.transport
+        # Behind WebSocketResource the HTTP channel is still the transport's
+        # producer; it is done, and only one producer may be registered.
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(_Backpressure(client), True)
+
+    # End, however it happens ----------------------------------------------
+
+    def connectionLost(self, reason: Any) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self._forget()
+
+    def _forget(self) -> None:
+        runtime = self.factory.runtime
+        if self._limiter_ip is not None:
+            runtime.limiter.release(self._limiter_ip)
+            self._limiter_ip = None
+        client = self.client
+        if client is not None:
+            client.closed = True
+            runtime.tracker.unregister(client)
+            self.log.info("WebSocket closed {client_id} peer={peer} origin={origin} transport=websocket "
+                          "code={code}", client_id=client.client_id, peer=self.peer, origin=self._origin,
+                          code=self.remoteCloseCode if self.remoteCloseCode is not None else self.localCloseCode)
+            self.client = None
+
+
+class EnvelopeProtocol(TrackedProtocol):
+    """
+    The server's own endpoint: JSON envelopes in text frames.
+    """
+
+    client_class = WebSocketClient
+
+    def onOpen(self) -> None:
+        super().onOpen()
+        client = self.client
+        assert client is not None
+        tracker = self.factory.runtime.tracker
+        tracker.send_to(client, {"type": "welcome", "data": {
+            "client_id": client.client_id, "epoch": tracker.epoch,
+            "position": client.connected_at, "transport": "websocket"}})
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        client = self.client
+        if client is None:
+            return
+        runtime = self.factory.runtime
+        if isBinary:
+            runtime.dispatcher.reject(client, "binary_unsupported",
+                                      "binary frames are not supported here; send JSON envelopes as text")
+            return
+        try:
+            envelope = parse_envelope(payload)
+        except ProtocolError as error:
+            runtime.tracker.send_to(client, error_payload(error.code, error.message, error.request_id))
+            return
+        runtime.dispatcher.dispatch(client, envelope)
+
+
+class AppServerWebSocketFactory(WebSocketServerFactory):
+    """
+    One per endpoint; all share the runtime and the same protocol options.
+    """
+
+    def __init__(self, runtime: "Runtime", protocol: type[TrackedProtocol] = EnvelopeProtocol,
+                 url: str | None = None) -> None:
+        super().__init__(url)
+        self.runtime = runtime
+        self.protocol = protocol
+        settings = runtime.settings
+        self.setProtocolOptions(
+            maxFramePayloadSize=settings.max_message_size,
+            maxMessagePayloadSize=settings.max_message_size,
+            autoPingInterval=settings.ping_interval,
+            autoPingTimeout=settings.ping_timeout,
+            openHandshakeTimeout=settings.handshake_timeout,
+            closeHandshakeTimeout=5,
+            failByDrop=False,
+            # Origins are checked in onConnect with anchored patterns and
+            # logging; Autobahn's own check stays out of the way.
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+            tcpNoDelay=True,
+        )
+
+
+class _TakeoverResource(WebSocketResource):
+    """
+    Autobahn's resource, minus the HTTP channel's idle timeout: once the
+    connection is a WebSocket, pings and their timeout govern it.
+    """
+
+    def render(self, request: Any) -> bytes:
+        channel = request.channel
+        result = super().render(request)
+        if channel.transport is None:
+            channel.setTimeout(None)
+        return result
+
+
+class _WebSocketRoot(Resource):
+    """
+    The WebSocket site's tree: the envelope endpoint at the root, the
+    application's raw endpoints one segment below.
+    """
+
+    def __init__(self, main: WebSocketResource, endpoints: dict[bytes, WebSocketResource]) -> None:
+        super().__init__()
+        self.main = main
+        self.endpoints = endpoints
+
+    def getChild(self, name: bytes, request: Any) -> Any:
+        if name == b"":
+            return self.main
+        endpoint = self.endpoints.get(name)
+        if endpoint is not None:
+            return endpoint
+        from .jsonweb import JSONErrorPage
+        return JSONErrorPage(404, "not_found", "no WebSocket endpoint at this path")
+
+    def render(self, request: Any) -> bytes:
+        return self.main.render(request)
+
+
+def build_websocket_resource(runtime: "Runtime") -> Resource:
+    """
+    The resource tree of the WebSocket site (also mounted at C{/ws} in
+    single-port mode).
+    """
+    main = _TakeoverResource(AppServerWebSocketFactory(runtime))
+    endpoints = {
+        path.lstrip("/").encode("ascii"): _TakeoverResource(AppServerWebSocketFactory(runtime, protocol))
+        for path, protocol in runtime.app.endpoints.items()
+    }
+    return _WebSocketRoot(main, endpoints)
+
+
+def _cookies(header: str) -> dict[str, str]:
+    cookies: dict[str, str] = {}
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name:
+            cookies[name] = value
+    return cookies
+
