@@ -1,0 +1,68 @@
+"""
+Shared fixtures: the reactor (pytest-twisted has none), an in-process server
+on free loopback ports, and a twistd subprocess server.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.servers import ServerProcess, running_service  # noqa: E402
+
+
+@pytest.fixture
+def reactor():
+    from twisted.internet import reactor as global_reactor
+    return global_reactor
+
+
+@pytest.fixture
+def server_factory(reactor):
+    """
+    Start in-process servers (real sockets on 127.0.0.1 free ports) and
+    stop them at the end of the test: C{await server_factory(**options)}.
+    """
+    started = []
+
+    async def start(app=None, **options):
+        server = await running_service(reactor, app=app, **options)
+        started.append(server)
+        return server
+
+    yield start
+    import pytest_twisted
+    for server in started:
+        pytest_twisted.blockon(server.stop())
+
+
+@pytest.fixture
+def server_process(tmp_path):
+    """
+    Start C{twistd -n appserver} subprocesses; each is stopped by its pid.
+    """
+    processes = []
+
+    def start(*args, env=None, **kwargs):
+        process = ServerProcess(list(args), cwd=tmp_path, env=env, **kwargs)
+        process.start()
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("APPSERVER_SKIP_BROWSER"):
+        skip = pytest.mark.skip(reason="APPSERVER_SKIP_BROWSER is set")
+        for item in items:
+            if "browser" in item.keywords:
+                item.add_marker(skip)

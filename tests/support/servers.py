@@ -1,0 +1,154 @@
+"""
+Real servers for tests: in-process (same reactor as the test) and as a
+twistd subprocess, both on free 127.0.0.1 ports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appserver.app import App
+from appserver.apps.chat import app as chat_app
+from appserver.service import AppServerService
+from appserver.settings import Settings
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+@dataclass
+class RunningServer:
+    """
+    An in-process server started by L{running_service}.
+    """
+
+    service: AppServerService
+
+    @property
+    def runtime(self):
+        return self.service.runtime
+
+    @property
+    def tracker(self):
+        return self.service.runtime.tracker
+
+    def port(self, site: str) -> int:
+        return self.service.ports[site]
+
+    @property
+    def static_url(self) -> str:
+        if "single" in self.service.ports:
+            return f"http://127.0.0.1:{self.port('single')}"
+        return f"http://127.0.0.1:{self.port('static')}"
+
+    @property
+    def ajax_url(self) -> str:
+        if "single" in self.service.ports:
+            return f"http://127.0.0.1:{self.port('single')}/ajax"
+        return f"http://127.0.0.1:{self.port('ajax')}"
+
+    @property
+    def ws_url(self) -> str:
+        if "single" in self.service.ports:
+            return f"ws://127.0.0.1:{self.port('single')}/ws"
+        return f"ws://127.0.0.1:{self.port('ws')}/"
+
+    def stop(self):
+        from twisted.internet import defer
+        return defer.maybeDeferred(self.service.stopService)
+
+
+async def running_service(reactor: Any, app: App | None = None, **options: Any) -> RunningServer:
+    """
+    Start an L{AppServerService} on free loopback ports with the given
+    options (names as in L{Settings}, underscores).
+    """
+    values: dict[str, Any] = {"static": LOOPBACK, "ajax": LOOPBACK, "ws": LOOPBACK, "access_log": False,
+                              "shutdown_timeout": 1.0}
+    values.update(options)
+    settings = Settings.from_mapping(values)
+    service = AppServerService(settings, app or chat_app, reactor=reactor)
+    service.startService()
+    return RunningServer(service)
+
+
+class ServerProcess:
+    """
+    C{twistd -n appserver} in a subprocess on free ports, its ports read
+    from its log. Stopped (SIGTERM, then SIGKILL) by its pid.
+    """
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None,
+                 single_port: bool = False, timeout: float = 20.0) -> None:
+        self.args = args
+        self.cwd = cwd
+        self.env = {**os.environ, **(env or {})}
+        self.single_port = single_port
+        self.timeout = timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ports: dict[str, int] = {}
+        self.log_path = Path(cwd) / f"twistd-{id(self)}.log"
+
+    def command(self) -> list[str]:
+        sites = ["--listen", LOOPBACK] if self.single_port else \
+            ["--static", LOOPBACK, "--ajax", LOOPBACK, "--ws", LOOPBACK]
+        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "--pidfile=", "-n", "appserver", *sites, *self.args]
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(self.command(), cwd=self.cwd, env=self.env,
+                                        stdout=self._log, stderr=subprocess.STDOUT)
+        wanted = {"single"} if self.single_port else {"static", "ajax", "ws"}
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            for site, port in re.findall(r"appserver (\w+) site listening on port (\d+)", self.log()):
+                self.ports[site] = int(port)
+            if wanted <= set(self.ports):
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"appserver exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"appserver did not start within {self.timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def url(self, site: str) -> str:
+        if self.single_port:
+            base = f"127.0.0.1:{self.ports['single']}"
+            return {"static": f"http://{base}", "ajax": f"http://{base}/ajax", "ws": f"ws://{base}/ws"}[site]
+        scheme = "ws" if site == "ws" else "http"
+        return f"{scheme}://127.0.0.1:{self.ports[site]}" + ("/" if site == "ws" else "")
+
+    def terminate(self, timeout: float = 10.0) -> int | None:
+        """
+        SIGTERM (graceful shutdown) and wait; returns the exit code.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.terminate() is None:
+            self.kill()
+        self._log.close()
