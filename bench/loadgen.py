@@ -79,7 +79,7 @@ class WorkerProc:
         await self.proc.stdin.drain()
         try:
             reply = await asyncio.wait_for(self.replies.get(), timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise WorkerError(f"worker {self.pid}: no reply to {msg['cmd']!r} within {timeout:.0f}s") from exc
         if "error" in reply:
             raise WorkerError(f"worker {self.pid}: {reply['error']}")
@@ -93,7 +93,7 @@ class WorkerProc:
                 await self.proc.stdin.drain()
                 self.proc.stdin.close()
             await asyncio.wait_for(self.proc.wait(), timeout)
-        except (asyncio.TimeoutError, ConnectionError, BrokenPipeError):
+        except (TimeoutError, ConnectionError, BrokenPipeError):
             if self.proc.returncode is None:
                 self.proc.kill()
                 await self.proc.wait()
@@ -172,7 +172,7 @@ class WorkerPool:
 
 if picows is not None:
 
-    class _PublisherListener(picows.WSListener):  # type: ignore[misc]
+    class _PublisherListener(picows.WSListener):
         """The publisher's own connection: it receives its echo too, which is ignored."""
 
         def __init__(self) -> None:
@@ -270,7 +270,7 @@ class Publisher:
         self._fill()
         try:
             await asyncio.wait_for(self.idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -286,7 +286,7 @@ class Publisher:
             self.transport.disconnect()
             try:
                 await asyncio.wait_for(self.transport.wait_disconnected(), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.transport.disconnect(graceful=False)
 
 
@@ -301,7 +301,7 @@ async def smoke_check(url: str, timeout: float) -> str:
     got: asyncio.Future[str] = loop.create_future()
     text = chatmsg.make_text(0, time.monotonic_ns(), 32)
 
-    class Listener(picows.WSListener):  # type: ignore[misc]
+    class Listener(picows.WSListener):
         def on_ws_frame(self, transport: Any, frame: Any) -> None:
             if frame.msg_type != picows.WSMsgType.TEXT or got.done():
                 return
@@ -341,6 +341,8 @@ class LevelResult:
     broadcasts: int
     server_cpu_s: float
     loadgen_cpu_s: float
+    machine_busy_s: float
+    softirq_s: float
     p50_us: float | None
     p99_us: float | None
     lost: int
@@ -365,6 +367,12 @@ class LevelResult:
     def loadgen_cpu_pct(self) -> float:
         return 100.0 * self.loadgen_cpu_s / self.window_s if self.window_s else 0.0
 
+    @property
+    def other_cpu_pct(self) -> float:
+        """Machine CPU not spent by the server, the load generator or softirq: other processes' noise."""
+        other = self.machine_busy_s - self.server_cpu_s - self.loadgen_cpu_s - self.softirq_s
+        return max(0.0, 100.0 * other / self.window_s) if self.window_s else 0.0
+
 
 async def measure_level(server_pid: int, pool: WorkerPool, pub: Publisher, inflight: int,
                         warmup: float, measure: float, drain_timeout: float) -> LevelResult:
@@ -378,11 +386,13 @@ async def measure_level(server_pid: int, pool: WorkerPool, pub: Publisher, infli
     pub.run(inflight)
     await asyncio.sleep(warmup)
     own0 = procstat.cpu_times(os.getpid()).total
+    machine0 = procstat.machine_times()
     cpu0, gen0, t0, done0 = procstat.cpu_times(server_pid).total, pool.cpu_seconds(), time.monotonic(), pub.completed
     await pool.window(True)
     await asyncio.sleep(measure)
     cpu1, gen1, t1, done1 = procstat.cpu_times(server_pid).total, pool.cpu_seconds(), time.monotonic(), pub.completed
     own1 = procstat.cpu_times(os.getpid()).total
+    machine1 = procstat.machine_times()
     await pool.window(False)
     drained = await pub.drain(drain_timeout)
     stats = await pool.stats(pub.last_id)
@@ -394,6 +404,8 @@ async def measure_level(server_pid: int, pool: WorkerPool, pub: Publisher, infli
         broadcasts=done1 - done0,
         server_cpu_s=cpu1 - cpu0,
         loadgen_cpu_s=(gen1 - gen0) + (own1 - own0),
+        machine_busy_s=machine1.busy - machine0.busy,
+        softirq_s=machine1.softirq - machine0.softirq,
         p50_us=chatmsg.percentile_us(hist, 0.50),
         p99_us=chatmsg.percentile_us(hist, 0.99),
         lost=stats["lost"],

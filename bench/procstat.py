@@ -61,3 +61,27 @@ def is_alive(pid: int) -> bool:
         return False
     state = data[data.rindex(b")") + 2 : data.rindex(b")") + 3]
     return state not in (b"Z", b"X")
+
+
+@dataclass(frozen=True)
+class MachineTimes:
+    """Cumulative CPU seconds of the whole machine (all cores), from the first line of /proc/stat."""
+
+    busy: float
+    softirq: float
+    total: float
+
+
+def machine_times() -> MachineTimes:
+    """Busy = everything but idle and iowait; softirq is listed apart because loopback
+    networking is mostly accounted there rather than to the processes that cause it."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice (guest time is already in user)
+    total = sum(fields[:8])
+    idle = fields[3] + fields[4]
+    return MachineTimes(
+        busy=(total - idle) / CLOCK_TICKS_PER_SECOND,
+        softirq=fields[6] / CLOCK_TICKS_PER_SECOND,
+        total=total / CLOCK_TICKS_PER_SECOND,
+    )

@@ -15,6 +15,8 @@ from typing import Any
 
 from loadgen import LevelResult
 
+NOISY_OTHER_CPU_PCT = 25.0
+
 
 @dataclass
 class GroupResult:
@@ -33,7 +35,8 @@ class GroupResult:
         out = asdict(self)
         out["levels"] = [
             dict(asdict(lv), msgs_per_s=lv.msgs_per_s, cpu_us_per_msg=lv.cpu_us_per_msg,
-                 server_cpu_pct=lv.server_cpu_pct, loadgen_cpu_pct=lv.loadgen_cpu_pct)
+                 server_cpu_pct=lv.server_cpu_pct, loadgen_cpu_pct=lv.loadgen_cpu_pct,
+                 other_cpu_pct=lv.other_cpu_pct)
             for lv in self.levels
         ]
         return out
@@ -52,6 +55,8 @@ class Cell:
     cpu_us_per_msg: float | None
     server_cpu_pct: float
     loadgen_cpu_pct: float
+    softirq_pct: float
+    other_cpu_pct: float
     p50_us: float | None
     p99_us: float | None
     lost: int
@@ -103,6 +108,8 @@ def build_cells(groups: Sequence[GroupResult], references: Sequence[str]) -> lis
             cpu_us_per_msg=_median(lv.cpu_us_per_msg for lv in levels),
             server_cpu_pct=_median(lv.server_cpu_pct for lv in levels) or 0.0,
             loadgen_cpu_pct=_median(lv.loadgen_cpu_pct for lv in levels) or 0.0,
+            softirq_pct=_median(100.0 * lv.softirq_s / lv.window_s for lv in levels if lv.window_s) or 0.0,
+            other_cpu_pct=max(lv.other_cpu_pct for lv in levels),
             p50_us=_median(lv.p50_us for lv in levels),
             p99_us=_median(lv.p99_us for lv in levels),
             lost=sum(lv.lost for lv in levels),
@@ -143,13 +150,14 @@ def render_markdown(groups: Sequence[GroupResult], servers: Sequence[str], refer
     refs_present = [r for r in references if any(c.server == r for c in ws_cells)]
     lines += ["## WebSocket broadcast", ""]
     cols = ["N clients", "in flight", "server", "msgs/s", "CPU µs/msg", "server CPU %", "loadgen CPU %",
-            "p50 ms", "p99 ms", "lost"] + [f"CPU ×{r}" for r in refs_present] + ["runs"]
+            "softirq %", "other CPU %", "p50 ms", "p99 ms", "lost"] + [f"CPU ×{r}" for r in refs_present] + ["runs"]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(cols))) + "|")
     for c in ws_cells:
         lost = str(c.lost) + (f" (+{c.dropped} dropped conns)" if c.dropped else "")
         row = [str(c.clients), str(c.inflight), c.server, _fmt(c.msgs_per_s, 0), _fmt(c.cpu_us_per_msg, 2),
-               _fmt(c.server_cpu_pct, 0), _fmt(c.loadgen_cpu_pct, 0), _ms(c.p50_us), _ms(c.p99_us), lost]
+               _fmt(c.server_cpu_pct, 0), _fmt(c.loadgen_cpu_pct, 0), _fmt(c.softirq_pct, 0),
+               _fmt(c.other_cpu_pct, 0), _ms(c.p50_us), _ms(c.p99_us), lost]
         row += [_ratio(c.ratios.get(r)) for r in refs_present]
         row.append(str(c.runs))
         lines.append("| " + " | ".join(row) + " |")
@@ -189,6 +197,12 @@ def render_markdown(groups: Sequence[GroupResult], servers: Sequence[str], refer
     problems = [f"{g.server} {g.transport} N={g.clients} run {g.run + 1}: {g.error}" for g in groups if g.error]
     problems += [f"{c.server} N={c.clients} in-flight {c.inflight}: {c.stalled} broadcasts abandoned after the "
                  f"message timeout" for c in cells if c.stalled]
+    noisy = [c for c in cells if c.other_cpu_pct > NOISY_OTHER_CPU_PCT]
+    if noisy:
+        worst = max(noisy, key=lambda c: c.other_cpu_pct)
+        problems.append(f"noisy machine: in {len(noisy)} cells other processes used more than "
+                        f"{NOISY_OTHER_CPU_PCT:.0f}% CPU during a measured window (worst {worst.other_cpu_pct:.0f}%, "
+                        f"{worst.server} N={worst.clients} in-flight {worst.inflight}); treat those cells with care")
     if problems or notes:
         lines += ["## Notes", ""]
         lines += [f"- {n}" for n in list(notes) + problems]

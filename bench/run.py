@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procstat  # noqa: E402
-from loadgen import Publisher, WorkerPool, measure_level, picows, smoke_check  # noqa: E402
+from loadgen import Publisher, WorkerPool, measure_level, smoke_check  # noqa: E402
 from report import GroupResult, render_markdown  # noqa: E402
 from servers import REFERENCE_SERVERS, SERVER_SPECS, ServerProcess, ServerSpec, ServerStartError  # noqa: E402
 
@@ -37,6 +39,8 @@ SMOKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 15.0
 DRAIN_TIMEOUT = 5.0
 MSG_TIMEOUT = 5.0
+QUIET_MAX_WAIT = 5.0
+QUIET_MAX_BUSY_CORES = 0.3
 
 
 @dataclass(frozen=True)
@@ -136,19 +140,38 @@ async def settled_rss(pid: int, max_wait: float = 3.0) -> int:
     return previous
 
 
+async def wait_for_quiet_machine(max_wait: float, max_busy_cores: float) -> float:
+    """Wait (bounded) until the machine's other processes use less than ``max_busy_cores``.
+
+    Why: this 2-core machine is shared with other work (test suites, browsers);
+    starting a group while something else is busy skews every figure of it.
+    Returns the busy cores measured last.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        m0 = procstat.machine_times()
+        await asyncio.sleep(0.5)
+        m1 = procstat.machine_times()
+        busy = (m1.busy - m0.busy) / (m1.total - m0.total) * (os.cpu_count() or 1) if m1.total > m0.total else 0.0
+        if busy < max_busy_cores or time.monotonic() >= deadline:
+            return busy
+        log(f"  machine busy ({busy:.2f} cores used by other processes): waiting")
+
+
 def log(msg: str) -> None:
     """Progress goes to stderr so stdout carries only the report."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-async def run_group(spec: ServerSpec, transport: str, clients: int, run: int, cfg: Settings) -> GroupResult:
-    """Start one server, open ``clients`` idle connections (memory), then measure every in-flight level.
+async def run_group(spec: ServerSpec, result: GroupResult, cfg: Settings) -> GroupResult:
+    """Start one server, open ``result.clients`` idle connections (memory), then measure every in-flight level.
 
+    Fills ``result`` as it goes, so a cancelled group keeps what it measured.
     Raises ServerStartError when the server cannot be started or fails the
     smoke check (the caller then skips that server); any other failure is
     recorded in the result's ``error``.
     """
-    result = GroupResult(server=spec.name, transport=transport, clients=clients, run=run)
+    transport, clients = result.transport, result.clients
     server = ServerProcess(spec)
     pool: WorkerPool | None = None
     pub: Publisher | None = None
@@ -184,7 +207,8 @@ async def run_group(spec: ServerSpec, transport: str, clients: int, run: int, cf
             result.levels.append(level)
             log(f"  {spec.name:<10} {transport:<8} N={clients:<5} k={k:<3} {level.msgs_per_s:>10,.0f} msg/s "
                 f"{(level.cpu_us_per_msg or 0):7.2f} µs/msg  srv {level.server_cpu_pct:3.0f}%  "
-                f"gen {level.loadgen_cpu_pct:3.0f}%  p99 {(level.p99_us or 0) / 1000:7.2f} ms  lost {level.lost}")
+                f"gen {level.loadgen_cpu_pct:3.0f}%  sirq {100 * level.softirq_s / level.window_s:3.0f}%  "
+                f"other {level.other_cpu_pct:3.0f}%  p99 {(level.p99_us or 0) / 1000:7.2f} ms  lost {level.lost}")
             if not server.alive():
                 result.error = f"server died\n{server.output_tail()}"
                 break
@@ -251,21 +275,51 @@ async def main_async(cfg: Settings) -> int:
             plan += [(run, cfg.longpoll_clients, name, "longpoll")
                      for name in cfg.servers if SERVER_SPECS[name].longpoll]
     skipped = 0
+    interrupted = False
+    current: asyncio.Future[GroupResult] | None = None
+
+    def on_signal() -> None:
+        # Cancel the running group so its finally blocks stop the server and
+        # workers by pid; the report of what was measured is still printed.
+        nonlocal interrupted
+        interrupted = True
+        if current is not None:
+            current.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     for run, n, name, transport in plan:
+        if interrupted:
+            break
         if name in broken:
             continue
         if time.monotonic() > deadline:
             skipped += 1
             continue
         log(f"run {run + 1}/{cfg.runs}: {name} {transport} N={n}")
+        busy = await wait_for_quiet_machine(QUIET_MAX_WAIT, QUIET_MAX_BUSY_CORES)
+        if busy >= QUIET_MAX_BUSY_CORES:
+            log(f"  machine still busy ({busy:.2f} cores) after {QUIET_MAX_WAIT:.0f} s: measuring anyway")
+        result = GroupResult(server=name, transport=transport, clients=n, run=run)
+        current = asyncio.ensure_future(run_group(SERVER_SPECS[name], result, cfg))
         try:
-            groups.append(await run_group(SERVER_SPECS[name], transport, n, run, cfg))
+            groups.append(await current)
+        except asyncio.CancelledError:
+            result.error = "interrupted"
+            groups.append(result)
+            log("interrupted: servers and workers stopped")
+            break
         except ServerStartError as exc:
             broken[name] = str(exc)
             log(f"SKIPPING {name}: cannot start or smoke-check it:\n{exc}")
             continue
+        finally:
+            current = None
         if groups[-1].error:
             log(f"  {name} N={n}: {groups[-1].error}")
+    if interrupted:
+        notes.append("run interrupted by a signal: partial results")
     if skipped:
         notes.append(f"time budget ({cfg.time_budget:.0f} s) exhausted: {skipped} groups skipped; "
                      "cells show how many runs they got")
@@ -291,7 +345,7 @@ async def main_async(cfg: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    if picows is None:
+    if importlib.util.find_spec("picows") is None:
         print("picows is not installed: pip install -r bench/requirements.txt", file=sys.stderr)
         return 2
     hard = raise_nofile_limit()

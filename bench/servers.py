@@ -160,7 +160,7 @@ class ServerProcess:
                 raise ServerStartError(f"exited with status {self.proc.returncode}\n{self.output_tail()}")
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.ws_port), 1.0)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 await asyncio.sleep(0.05)
                 continue
             writer.close()

@@ -280,7 +280,7 @@ class Worker:
 
 if picows is not None:
 
-    class WsListener(picows.WSListener):  # type: ignore[misc]
+    class WsListener(picows.WSListener):
         """picows callbacks for one subscriber connection."""
 
         def __init__(self, worker: Worker, conn: Conn) -> None:

@@ -213,7 +213,7 @@
           resolve(value);
         }
       };
-      timer = timers.set(function () {
+      timer = timers.timeout(function () {
         finish(appError("timeout", "no answer from " + url + " within " + timeoutMs + " ms"));
       }, timeoutMs);
       script.async = true;
@@ -302,7 +302,7 @@
         failure = failure || error;
         controller.abort();
       };
-      const timer = client._timers.set(function () {
+      const timer = client._timers.timeout(function () {
         abort(appError("timeout", method + " " + url + " took more than " + timeoutMs + " ms", {status: 0}));
       }, timeoutMs);
       const init = {method: method, signal: controller.signal, cache: "no-store"};
@@ -407,6 +407,11 @@
   /**
    * One Ajax session: `connect`, then a loop of long polls, and sends
    * serialized one at a time so the server sees them in order.
+   *
+   * The handshake ends with the first poll: the server queued a `welcome`
+   * at connect, and only that envelope carries the stream position the
+   * session started at (the connect answer's `position` is the session's
+   * own cursor).
    */
   class AjaxConnection {
     constructor(client) {
@@ -414,6 +419,8 @@
       this._client = client;
       this._http = client._http;
       this._session = null;
+      this._connectAnswer = null;
+      this._welcomed = false;
       this._cursor = 0;
       this._queue = [];
       this._inFlight = null;
@@ -432,13 +439,8 @@
             throw ajaxError("bad_answer", "/connect answered without a session", 0);
           }
           this._session = answer.session;
-          // The server also queues a welcome; the connect answer carries the
-          // same facts, so it completes the handshake without waiting a poll.
-          client._onHandshake(this, {type: "welcome", data: {
-            client_id: answer.client_id, epoch: answer.epoch, position: answer.position, transport: "ajax",
-          }});
+          this._connectAnswer = answer;
           this._poll();
-          this._pump();
         })
         .catch((error) => this._fail(error));
     }
@@ -464,11 +466,40 @@
             this._cursor = answer.position;
           }
           const messages = answer && Array.isArray(answer.messages) ? answer.messages : [];
-          for (let i = 0; i < messages.length && !this._closed; i++) {
+          let next = 0;
+          if (!this._welcomed) {
+            next = this._handshake(messages[0]);
+          }
+          for (let i = next; i < messages.length && !this._closed; i++) {
             this._client._onEnvelope(this, messages[i]);
           }
-          this._poll();
+          if (this._closed) {
+            return;
+          }
+          const closed = answer && answer.closed;
+          if (closed) {
+            // The server ended the session (shutdown, slow consumer, expiry).
+            this._end({code: closed.code || 1000, reason: closed.reason || "session closed", wasClean: true});
+          } else {
+            this._poll();
+          }
         }, (error) => this._fail(error));
+    }
+
+    /** Complete the handshake; returns how many messages it consumed. */
+    _handshake(first) {
+      this._welcomed = true;
+      let welcome = first && first.type === "welcome" ? first : null;
+      if (!welcome) {
+        // A server that queued no welcome: the connect answer says the same, less the position.
+        const answer = this._connectAnswer;
+        welcome = {type: "welcome", data: {
+          client_id: answer.client_id, epoch: answer.epoch, position: null, transport: "ajax",
+        }};
+      }
+      this._client._onHandshake(this, welcome);
+      this._pump();
+      return welcome === first ? 1 : 0;
     }
 
     send(envelope) {
@@ -515,14 +546,16 @@
     }
 
     _fail(error, unsent) {
+      this._end({code: 1006, reason: error.code || "network", wasClean: false, error: error}, unsent);
+    }
+
+    _end(info, unsent) {
       if (this._closed) {
         return;
       }
-      const waiting = (unsent || []).concat(this._queue);
+      info.unsent = (unsent || []).concat(this._queue);
       this.close(false);
-      this._client._lost(this, {
-        code: 1006, reason: error.code || "network", wasClean: false, unsent: waiting, error: error,
-      });
+      this._client._lost(this, info);
     }
 
     close(byClient) {
@@ -533,7 +566,7 @@
       this._queue = [];
       this._requests.forEach(function (request) { request.abort(); });
       this._requests.clear();
-      if (byClient && this._session && this._client._opts.ajaxMode === "json") {
+      if (byClient && this._session) {
         // Courtesy: free the session now rather than at its idle timeout.
         this._http.endpoint("disconnect", {session: this._session}, undefined, this._client._opts.ajaxTimeout)
           .catch(noop);
@@ -613,6 +646,8 @@
       const clearTimer = options.clearTimeout;
       this._timers = {
         set: function (fn, ms) { return setTimer ? setTimer(fn, ms) : root.setTimeout(fn, ms); },
+        /** A deadline: none at all for 0, a negative value or Infinity (a browser would fire at once). */
+        timeout: function (fn, ms) { return ms > 0 && ms < 2147483648 ? this.set(fn, ms) : null; },
         clear: function (id) {
           if (id !== null && id !== undefined) {
             if (clearTimer) {
@@ -838,7 +873,7 @@
         conn = new AjaxConnection(this);
       }
       this._conn = conn;
-      this._handshakeTimer = this._timers.set(() => {
+      this._handshakeTimer = this._timers.timeout(() => {
         this._lost(conn, {code: 1006, reason: "connect timeout", wasClean: false});
       }, this._opts.connectTimeout);
       conn.start();
@@ -893,7 +928,7 @@
         this._resume = {
           connectedAt: position,
           held: [],
-          timer: this._timers.set(() => this._finishResume(false, null), this._opts.requestTimeout),
+          timer: this._timers.timeout(() => this._finishResume(false, null), this._opts.requestTimeout),
         };
         this._control({type: "resume", data: {
           epoch: previousEpoch, since: since, channels: Array.from(this._channels),
@@ -1075,7 +1110,7 @@
       }
       this._control({type: "ping"});
       if (this._staleTimer === null) {
-        this._staleTimer = this._timers.set(() => {
+        this._staleTimer = this._timers.timeout(() => {
           this._staleTimer = null;
           this._lost(conn, {code: 1006, reason: "stale connection", wasClean: false});
         }, this._opts.staleTimeout);
@@ -1225,7 +1260,7 @@
         const timeout = options && options.timeout !== undefined ? options.timeout : this._opts.requestTimeout;
         const id = ++this._nextId;
         const entry = {resolve: resolve, reject: reject, sent: false, timer: null};
-        entry.timer = this._timers.set(() => {
+        entry.timer = this._timers.timeout(() => {
           this._settle(id, appError("timeout", "no reply to " + type + " within " + timeout + " ms"));
         }, timeout);
         this._pending.set(id, entry);

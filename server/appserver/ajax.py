@@ -17,6 +17,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .app import HTTPError, Route, RouteRequest
 from .envelope import ProtocolError, parse_envelope, validate_envelope
+from .health import mount_operations_resources
 from .jsonweb import JSONErrorPage, JSONResource, Rendered, jsonp_callback, query_arg
 from .longpoll import AjaxSession, SessionRegistry
 from .tracker import validate_channel_name, validate_room_name
@@ -149,6 +150,7 @@ class Send(_SessionResource):
     def handle(self, request: Request) -> dict[str, Any]:
         if request.method == b"GET":
             if jsonp_callback(request) is None:
+                request.setHeader(b"Allow", b"POST, OPTIONS")
                 raise HTTPError(405, "method_not_allowed", "use POST, or GET with callback= for JSONP")
             raw = query_arg(request, "msg")
             if raw is None:
@@ -201,6 +203,7 @@ class Disconnect(_SessionResource):
 
     def handle(self, request: Request) -> dict[str, Any]:
         if request.method == b"GET" and jsonp_callback(request) is None:
+            request.setHeader(b"Allow", b"POST, OPTIONS")
             raise HTTPError(405, "method_not_allowed", "use POST, or GET with callback= for JSONP")
         self._session(request).close(1000, "client disconnected")
         return {"ok": True}
@@ -297,5 +300,6 @@ def build_ajax_resource(runtime: "Runtime") -> Resource:
     root.putChild(b"poll", Poll(runtime))
     root.putChild(b"disconnect", Disconnect(runtime))
     root.putChild(b"publish", Publish(runtime))
+    mount_operations_resources(root, runtime)
     return root
 

@@ -92,11 +92,15 @@ class Client:
         if queue is None:
             settings = self.tracker.limits
             queue = self.queue = OutboundQueue(settings.max_queue_messages, settings.max_queue_bytes)
+        dropped, conflated = queue.dropped, queue.conflated
         try:
             queue.push(message, policy)
         except Overflow as overflow:
             self.tracker.events.slow_consumer(self, str(overflow))
             self.close(SLOW_CONSUMER_CLOSE_CODE, "slow consumer: outgoing queue overflowed")
+            return
+        if queue.dropped != dropped or queue.conflated != conflated:
+            self.tracker.events.queue_discarded(self, queue.dropped - dropped, queue.conflated - conflated)
 
     def pause(self) -> None:
         """

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import orjson
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -104,7 +105,11 @@ class Dispatcher:
     def _reply(self, client: Client, envelope: Envelope, value: Any) -> None:
         if value is None and envelope.id is None:
             return
-        self.tracker.send_to(client, {"type": "reply", "re": envelope.type, "id": envelope.id, "data": value})
+        try:
+            self.tracker.send_to(client, {"type": "reply", "re": envelope.type, "id": envelope.id, "data": value})
+        except orjson.JSONEncodeError:
+            # The handler returned something JSON cannot carry: its bug, still one answer.
+            self._handler_failed(client, envelope, Failure())
 
     def _async_failed(self, client: Client, envelope: Envelope, failure: Failure) -> None:
         if failure.check(ProtocolError):

@@ -77,7 +77,7 @@ class AjaxSession(Client):
         self.closed = True
         self.close_reason = (code, reason)
         if self.waiting is not None:
-            self._answer({"messages": [], "position": self.queue.last_seq if self.queue else 0,
+            self._answer({"messages": [], "position": self._empty_position(),
                           "closed": {"code": code, "reason": reason}})
         self.registry.forget(self)
 
@@ -92,9 +92,10 @@ class AjaxSession(Client):
         queue = self.queue
         assert queue is not None
         queue.acknowledge(since)
-        self._stop_idle_timer()
         if self.waiting is not None:
             self._answer_waiting_empty()
+        # After answering the replaced poll, which restarts the idle timer.
+        self._stop_idle_timer()
         if queue:
             self._start_idle_timer()
             return self._render(request, callback)
@@ -110,6 +111,7 @@ class AjaxSession(Client):
         pending = queue.pending()
         position = pending[-1][0] if pending else queue.last_seq
         dropped = queue.take_dropped()
+        self.tracker.events.delivered(self, (message for _, message in pending))
         body = b'{"messages":[' + b",".join(message.payload for _, message in pending) + b'],"position":' \
             + str(position).encode("ascii")
         if dropped:
@@ -129,7 +131,19 @@ class AjaxSession(Client):
         self._start_idle_timer()
 
     def _answer_waiting_empty(self) -> None:
-        self._answer({"messages": [], "position": self.queue.last_seq if self.queue else 0})
+        self._answer({"messages": [], "position": self._empty_position()})
+
+    def _empty_position(self) -> int:
+        """
+        The position of an answer without messages: just before the oldest
+        message still waiting (one may be due to the next poll), so that
+        polling from it loses nothing.
+        """
+        queue = self.queue
+        if queue is None:
+            return 0
+        pending = queue.pending(1)
+        return pending[0][0] - 1 if pending else queue.last_seq
 
     def _answer(self, payload: dict[str, Any]) -> None:
         request = self.waiting
@@ -219,8 +233,8 @@ class SessionRegistry:
         tracker.send_to(session, {"type": "welcome", "data": {
             "client_id": session.client_id, "epoch": tracker.epoch,
             "position": session.connected_at, "transport": "ajax"}})
-        self.log.info("Ajax session open {client_id} peer={peer} origin={origin} transport=ajax",
-                      client_id=session.client_id, peer=peer, origin=origin)
+        self.log.info("Ajax session open {client_id} peer={peer} origin={origin} transport={transport}",
+                      client_id=session.client_id, peer=peer, origin=origin, transport=session.transport)
         return session
 
     def get(self, session_id: str | None) -> AjaxSession | None:
@@ -239,8 +253,10 @@ class SessionRegistry:
             self.runtime.limiter.release(session.limiter_ip)
             session.limiter_ip = None
         code = session.close_reason[0] if session.close_reason else 1000
-        self.log.info("Ajax session closed {client_id} peer={peer} origin={origin} transport=ajax code={code}",
-                      client_id=session.client_id, peer=session.peer, origin=session.origin, code=code)
+        self.runtime.tracker.events.closed(session, code)
+        self.log.info("Ajax session closed {client_id} peer={peer} origin={origin} transport={transport} "
+                      "code={code}", client_id=session.client_id, peer=session.peer, origin=session.origin,
+                      transport=session.transport, code=code)
 
     def close_all(self, code: int, reason: str) -> None:
         for session in list(self.sessions.values()):

@@ -33,7 +33,7 @@ def compile_origin_pattern(pattern: str) -> re.Pattern[str]:
         raise ValueError(f"not an origin pattern: {pattern!r} (use scheme://host[:port], "
                          "e.g. https://*.example.com)")
     scheme, host, port = match.groups()
-    host_regex = ".".join(
+    host_regex = r"\.".join(
         r"[a-z0-9\-]+(?:\.[a-z0-9\-]+)*" if label == "*" else re.escape(label)
         for label in host.split(".")
     )

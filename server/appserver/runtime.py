@@ -33,6 +33,9 @@ class Runtime:
         endpoints only know theirs then).
     @ivar accepting: cleared at shutdown so new connections and sessions
         are refused while the existing ones are told to go elsewhere.
+    @ivar readiness_checks: callables returning the reasons this server
+        should not get new clients (empty when ready), or a Deferred of
+        them; C{GET /readyz} runs them all (see L{appserver.health}).
     """
 
     settings: Settings
@@ -46,6 +49,7 @@ class Runtime:
     accepting: bool = True
     sessions: Any = None
     metrics: Any = None
+    readiness_checks: list[Callable[[], Any]] = field(default_factory=list)
 
     def clock(self) -> float:
         return self.reactor.seconds()

@@ -23,6 +23,7 @@ from twisted.web.server import Request
 from .ajax import build_ajax_resource
 from .app import App
 from .jsonweb import LoggingSite
+from .metrics import MetricsEvents
 from .runtime import Runtime, build_runtime
 from .settings import Settings
 from .static import build_static_resource
@@ -95,7 +96,12 @@ class AppServerService(MultiService):
         # Autobahn logs every frame at debug level, and twistd shows every
         # level: keep its chatter out of production logs.
         txaio.set_global_log_level("info")
+        if events is None:
+            events = MetricsEvents(process_metrics=True)
         self.runtime: Runtime = build_runtime(settings, app, reactor, events=events)
+        if isinstance(events, MetricsEvents):
+            events.bind(self.runtime)
+        self.runtime.readiness_checks.append(self._sites_not_listening)
         self.ports: dict[str, int] = {}
         self._tasks: list[LoopingCall] = []
         self._build_sites()
@@ -130,6 +136,14 @@ class AppServerService(MultiService):
         self.ports[name] = number
         self.runtime.own_ports.add(number)
         self.log.info("appserver {site} site listening on port {port}", site=name, port=number)
+
+    def _sites_not_listening(self) -> list[str]:
+        """
+        Readiness: every site must be listening.
+        """
+        return [f"the {site.name} site is not listening on {site.description}"
+                for site in self if isinstance(site, SiteService)
+                and (site.port is None or not getattr(site.port, "connected", True))]
 
     def client_urls(self, request: Request) -> dict[str, str]:
         """

@@ -8,6 +8,8 @@ into L{Settings}.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -15,8 +17,10 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from .app import load_app
+from .config import render_toml, resolve_configuration
+from .logs import use_json_logging_in_twistd
 from .service import AppServerService
-from .settings import OPTION_SPECS, Settings, SettingsError
+from .settings import OPTION_SPECS, SettingsError
 
 __all__ = ["Options", "makeService"]
 
@@ -42,7 +46,8 @@ class Options(usage.Options):
         [spec.name, None, None, _describe(spec)]
         for spec in OPTION_SPECS
         if not spec.repeatable and not spec.flag
-    ]
+    ] + [["config", None, None, "TOML file of options (default: the file named by $APPSERVER_CONFIG, if any)."]]
+    optFlags = [["print-config", None, "Print the effective configuration as TOML and exit without starting."]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,22 +71,28 @@ class Options(usage.Options):
             elif value is not None:
                 values[spec.name] = value
         try:
-            settings = Settings.from_mapping(values)
+            resolved = resolve_configuration(values, os.environ, self["config"])
         except SettingsError as error:
             raise usage.UsageError(str(error)) from None
+        settings = resolved.settings
         for name in ("listen",) if settings.listen else ("static", "ajax", "ws"):
             description = getattr(settings, name)
             try:
                 serverFromString(MemoryReactor(), description)
-            except (ValueError, KeyError, TypeError) as error:
-                raise usage.UsageError(f"--{name} {description!r} is not a valid endpoint "
-                                       f"(e.g. tcp:9000, tcp:9000:interface=127.0.0.1, "
+            except Exception as error:  # also unreadable or bad TLS key/certificate files
+                raise usage.UsageError(f"--{name} {description!r} (from {resolved.sources[name]}) is not a valid "
+                                       f"endpoint (e.g. tcp:9000, tcp:9000:interface=127.0.0.1, "
                                        f"ssl:9443:privateKey=key.pem:certKey=cert.pem): {error}") from None
         try:
             self.app = load_app(settings.app)
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
         self.settings = settings
+        if self["print-config"]:
+            sys.stdout.write(render_toml(resolved))
+            raise SystemExit(0)
+        if settings.log_format == "json":
+            use_json_logging_in_twistd(getattr(self, "parent", None))
 
 
 def makeService(options: Options) -> AppServerService:

@@ -104,6 +104,29 @@ class TrackerEvents:
     def message_in(self, client: Client, message_type: str) -> None:
         pass
 
+    def closed(self, client: Client, code: int | None) -> None:
+        """
+        The transport ended a registered client's connection with this close
+        code (C{None}: dropped without one).
+        """
+
+    def sent(self, recipients: int, message: Outgoing) -> None:
+        """
+        A message outside any stream (reply, error, welcome, room presence)
+        was handed to C{recipients} clients.
+        """
+
+    def delivered(self, client: Client, messages: Iterable[Outgoing]) -> None:
+        """
+        Queued messages left for a client (a long-poll answer).
+        """
+
+    def queue_discarded(self, client: Client, dropped: int, conflated: int) -> None:
+        """
+        A client's full queue dropped its oldest messages, or conflation
+        replaced older messages with the same key.
+        """
+
 
 class ClientTracker:
     """
@@ -193,9 +216,11 @@ class ClientTracker:
     def _history(self, stream: str) -> StreamHistory:
         history = self.histories.get(stream)
         if history is None:
+            # A stream without a history had no message since the last
+            # sweep forgot one: it vouches for everything after that.
             history = self.histories[stream] = StreamHistory(
                 self.limits.history_size, self.limits.history_age, self.clock,
-                complete_after=self.position)
+                complete_after=self._forgotten_after)
         return history
 
     def _stamp(self, envelope: dict[str, Any], stream: str, key: Hashable | None) -> Outgoing:
@@ -249,7 +274,9 @@ class ClientTracker:
             if found is None:
                 return False
             client = found
-        client.deliver(Outgoing.of(envelope), self.limits.default_policy)
+        message = Outgoing.of(envelope)
+        client.deliver(message, self.limits.default_policy)
+        self.events.sent(1, message)
         return True
 
     def send_to_room(self, room: str, envelope: dict[str, Any]) -> int:
@@ -263,6 +290,7 @@ class ClientTracker:
         recipients = list(members)
         for client in recipients:
             client.deliver(message, self.limits.default_policy)
+        self.events.sent(len(recipients), message)
         return len(recipients)
 
     # Channels -----------------------------------------------------------

@@ -59,7 +59,9 @@ class WebSocketClient(Client):
         self.closed = True
         protocol = self.protocol
         if protocol.state == _STATE_OPEN:
-            protocol.sendClose(code, reason)
+            # sendCloseFrame, not sendClose: Autobahn's public method refuses
+            # the protocol-level codes (1001, 1008) the server must use.
+            protocol.sendCloseFrame(code, reason.encode("utf-8")[:123] if reason else None, isReply=False)
         else:
             protocol.dropConnection(abort=True)
 
@@ -105,7 +107,9 @@ class TrackedProtocol(WebSocketServerProtocol):
     C{onMessage}; C{self.client} is the tracker's L{Client}.
     """
 
-    log = Logger()
+    # Not "log": that name is Autobahn's own (txaio, level-filtered) logger,
+    # which logs every frame at debug level.
+    events_log = Logger(namespace="appserver.websocket")
     client_class: type[WebSocketClient] = RawClient
     factory: "AppServerWebSocketFactory"
 
@@ -123,13 +127,13 @@ class TrackedProtocol(WebSocketServerProtocol):
         if not runtime.accepting:
             raise ConnectionDeny(503, "server shutting down; reconnect elsewhere")
         if not runtime.origins.allows(origin, request.headers.get("host")):
-            self.log.warn("refused WebSocket from {peer}: origin {origin!r} not allowed; {advice}",
+            self.events_log.warn("refused WebSocket from {peer}: origin {origin!r} not allowed; {advice}",
                           peer=self.peer, origin=origin, advice=runtime.origins.advice(origin or ""))
             raise ConnectionDeny(403, "origin not allowed")
         ip = self.transport.getPeer().host if hasattr(self.transport.getPeer(), "host") else self.peer
         refusal = runtime.limiter.refusal(ip)
         if refusal is not None:
-            self.log.warn("refused WebSocket from {peer}: {refusal}", peer=self.peer, refusal=refusal)
+            self.events_log.warn("refused WebSocket from {peer}: {refusal}", peer=self.peer, refusal=refusal)
             raise ConnectionDeny(503, refusal)
         runtime.limiter.acquire(ip)
         self._limiter_ip = ip
@@ -146,7 +150,7 @@ class TrackedProtocol(WebSocketServerProtocol):
 
         def decided(attributes: dict[str, Any] | None) -> None:
             if attributes is None:
-                self.log.info("refused WebSocket from {peer}: authentication refused", peer=self.peer)
+                self.events_log.info("refused WebSocket from {peer}: authentication refused", peer=self.peer)
                 raise ConnectionDeny(403, "authentication refused")
             self._attributes = attributes
 
@@ -161,8 +165,9 @@ class TrackedProtocol(WebSocketServerProtocol):
         self.client = client
         self._watch_backpressure(client)
         runtime.tracker.register(client)
-        self.log.info("WebSocket open {client_id} peer={peer} origin={origin} transport=websocket",
-                      client_id=client.client_id, peer=self.peer, origin=self._origin)
+        self.events_log.info("WebSocket open {client_id} peer={peer} origin={origin} transport={transport}",
+                      client_id=client.client_id, peer=self.peer, origin=self._origin,
+                      transport=client.transport)
 
     def _watch_backpressure(self, client: Client) -> None:
         transport = self.transport
@@ -189,9 +194,11 @@ class TrackedProtocol(WebSocketServerProtocol):
         if client is not None:
             client.closed = True
             runtime.tracker.unregister(client)
-            self.log.info("WebSocket closed {client_id} peer={peer} origin={origin} transport=websocket "
+            code = self.remoteCloseCode if self.remoteCloseCode is not None else self.localCloseCode
+            runtime.tracker.events.closed(client, code)
+            self.events_log.info("WebSocket closed {client_id} peer={peer} origin={origin} transport={transport} "
                           "code={code}", client_id=client.client_id, peer=self.peer, origin=self._origin,
-                          code=self.remoteCloseCode if self.remoteCloseCode is not None else self.localCloseCode)
+                          transport=client.transport, code=code)
             self.client = None
 
 

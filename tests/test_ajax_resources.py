@@ -1,0 +1,239 @@
+"""
+The Ajax site's endpoints (docs/protocol.md, "Ajax transport"): counts,
+sessions opened and refused, sends, publishing, and every bad input.
+"""
+
+import json
+
+import pytest
+from twisted.logger import capturedLogs
+
+from appserver.app import App
+from appserver.apps.chat import app as chat_app
+from support.wsclient import STATIC_PORT, AjaxStub, make_runtime
+
+OWN_ORIGIN = f"http://127.0.0.1:{STATIC_PORT}"
+
+
+@pytest.fixture
+def ajax():
+    return AjaxStub(make_runtime())
+
+
+def error(answer, status):
+    assert answer.status == status, answer
+    return answer.json()["error"]["code"]
+
+
+# get_client_count --------------------------------------------------------------
+
+
+def test_client_count_has_the_documented_fields(ajax):
+    body = ajax.call("GET", "/get_client_count").json()
+    assert set(body) == {"client_count", "websocket", "ajax", "time"}
+    assert body["client_count"] == 0 and isinstance(body["time"], str)
+
+
+def test_client_count_counts_ajax_sessions(ajax):
+    ajax.connect()
+    ajax.connect()
+    body = ajax.call("GET", "/get_client_count").json()
+    assert (body["client_count"], body["ajax"], body["websocket"]) == (2, 2, 0)
+
+
+def test_client_count_of_a_room(ajax):
+    session = ajax.connect()
+    ajax.send(session, {"type": "join", "data": {"room": "lobby", "username": "ann"}})
+    body = ajax.call("GET", "/get_client_count", {"room": "lobby"}).json()
+    assert body["room"] == "lobby" and body["room_count"] == 1
+    assert ajax.call("GET", "/get_client_count", {"room": "empty"}).json()["room_count"] == 0
+
+
+def test_client_count_of_a_bad_room_name_is_400(ajax):
+    assert error(ajax.call("GET", "/get_client_count", {"room": "a b"}), 400) == "bad_data"
+
+
+def test_a_query_argument_that_is_not_utf8_is_400(ajax):
+    assert error(ajax.call("GET", "/get_client_count?room=%ff"), 400) == "bad_request"
+
+
+# connect --------------------------------------------------------------------------
+
+
+def test_connect_opens_a_session_with_the_documented_fields(ajax):
+    body = ajax.call("POST", "/connect").json()
+    assert set(body) == {"session", "client_id", "epoch", "position"}
+    assert body["session"] == body["client_id"] and body["epoch"] == ajax.runtime.tracker.epoch
+    assert ajax.runtime.tracker.get(body["session"]).transport == "ajax"
+
+
+def test_connect_by_jsonp(ajax):
+    answer = ajax.call("GET", "/connect", {"callback": "cb"})
+    assert answer.status == 200 and "session" in answer.jsonp("cb")
+    assert ajax.runtime.tracker.client_count == 1
+
+
+def test_connect_from_the_servers_own_page_gets_cors(ajax):
+    answer = ajax.call("POST", "/connect", headers={"Origin": OWN_ORIGIN})
+    assert answer.status == 200 and answer.headers["access-control-allow-origin"] == OWN_ORIGIN
+
+
+def test_connect_from_a_foreign_origin_is_403_and_logged(ajax):
+    with capturedLogs() as events:
+        answer = ajax.call("POST", "/connect", headers={"Origin": "http://evil.example"})
+    assert error(answer, 403) == "origin_refused"
+    assert ajax.runtime.tracker.client_count == 0
+    assert any("--allowed-origin" in str(e.get("advice", "")) for e in events)
+
+
+def test_connect_while_shutting_down_is_503(ajax):
+    ajax.runtime.accepting = False
+    assert error(ajax.call("POST", "/connect"), 503) == "shutting_down"
+
+
+def test_connect_past_the_per_ip_limit_is_503():
+    ajax = AjaxStub(make_runtime(max_connections_per_ip=2))
+    ajax.connect()
+    session = ajax.connect()
+    assert error(ajax.call("POST", "/connect"), 503) == "too_many_connections"
+    ajax.call("POST", "/disconnect", {"session": session})
+    assert ajax.call("POST", "/connect").status == 200
+
+
+def test_an_authenticator_refusal_is_403_and_its_attributes_are_kept():
+    app = App().include(chat_app)
+
+    @app.authenticate
+    def check(info):
+        if info["query"].get("token") != ["good"]:
+            return False
+        return {"user": "ann", "origin_seen": info["origin"]}
+
+    ajax = AjaxStub(make_runtime(app=app))
+    assert error(ajax.call("POST", "/connect", {"token": "bad"}), 403) == "authentication_refused"
+    assert ajax.runtime.limiter.total == 0
+    session = ajax.call("POST", "/connect", {"token": "good"}).json()["session"]
+    assert ajax.runtime.tracker.get(session).attributes == {"user": "ann", "origin_seen": None}
+
+
+# send -----------------------------------------------------------------------------------
+
+
+def test_send_dispatches_and_the_answer_arrives_by_poll(ajax):
+    session = ajax.connect()
+    assert ajax.send(session, {"type": "ping", "data": 1, "id": 2}).json() == {"ok": True}
+    messages = ajax.poll(session, 0).json()["messages"]
+    assert messages[-1] == {"type": "pong", "id": 2, "data": 1}
+
+
+def test_send_by_jsonp(ajax):
+    session = ajax.connect()
+    answer = ajax.call("GET", "/send", {"session": session, "callback": "cb",
+                                        "msg": json.dumps({"type": "chat", "data": "hi"})})
+    assert answer.jsonp("cb") == {"ok": True}
+    assert ajax.poll(session, 0).json()["messages"][-1]["data"].endswith(" : hi")
+
+
+@pytest.mark.parametrize("body, code", [
+    (b"", "bad_json"), (b"   ", "bad_json"), (b"{", "bad_json"), (b"\xff", "bad_json"),
+    (b"[]", "bad_envelope"), (b"3", "bad_envelope"), (b'{"data": 1}', "bad_envelope"),
+    (b'{"type": "ping", "id": true}', "bad_envelope"),
+])
+def test_send_with_a_bad_body_is_400_and_the_session_goes_on(ajax, body, code):
+    session = ajax.connect()
+    assert error(ajax.call("POST", "/send", {"session": session}, body), 400) == code
+    assert ajax.send(session, {"type": "ping"}).status == 200
+
+
+def test_send_of_an_unknown_type_is_accepted_and_answered_with_an_error_envelope(ajax):
+    session = ajax.connect()
+    assert ajax.send(session, {"type": "nope", "id": 1}).status == 200
+    assert ajax.poll(session, 0).json()["messages"][-1]["data"]["code"] == "unknown_type"
+
+
+@pytest.mark.parametrize("params, code", [
+    ({"callback": "cb"}, "bad_envelope"),
+    ({"callback": "cb", "msg": "{"}, "bad_json"),
+    ({"callback": "cb", "msg": "[]"}, "bad_envelope"),
+])
+def test_jsonp_send_with_a_bad_msg_is_an_error_through_the_callback(ajax, params, code):
+    session = ajax.connect()
+    body = ajax.call("GET", "/send", {"session": session, **params}).jsonp("cb")
+    assert body["status"] == 400 and body["error"]["code"] == code
+
+
+def test_send_without_session_is_400(ajax):
+    assert error(ajax.call("POST", "/send", body=b'{"type":"ping"}'), 400) == "missing_session"
+
+
+def test_send_with_an_empty_session_is_400(ajax):
+    assert error(ajax.call("POST", "/send", {"session": ""}, b'{"type":"ping"}'), 400) == "missing_session"
+
+
+def test_send_to_an_unknown_session_is_410(ajax):
+    assert error(ajax.call("POST", "/send", {"session": "nope"}, b'{"type":"ping"}'), 410) == "unknown_session"
+
+
+def test_send_from_a_foreign_origin_is_403(ajax):
+    session = ajax.connect()
+    answer = ajax.call("POST", "/send", {"session": session}, b'{"type":"chat","data":"x"}',
+                       headers={"Origin": "http://evil.example"})
+    assert error(answer, 403) == "origin_refused"
+    assert ajax.runtime.tracker.position == 0
+
+
+# disconnect ---------------------------------------------------------------------------
+
+
+def test_disconnect_counts_the_session_out_and_forgets_it(ajax):
+    session = ajax.connect()
+    assert ajax.call("POST", "/disconnect", {"session": session}).json() == {"ok": True}
+    assert ajax.runtime.tracker.client_count == 0 and ajax.runtime.limiter.total == 0
+    assert error(ajax.poll(session, 0), 410) == "unknown_session"
+    assert error(ajax.call("POST", "/disconnect", {"session": session}), 410) == "unknown_session"
+
+
+def test_disconnect_by_jsonp(ajax):
+    session = ajax.connect()
+    assert ajax.call("GET", "/disconnect", {"session": session, "callback": "cb"}).jsonp("cb") == {"ok": True}
+    assert ajax.runtime.tracker.client_count == 0
+
+
+def test_a_session_leaving_by_disconnect_leaves_its_rooms(ajax):
+    ann, bob = ajax.connect(), ajax.connect()
+    for session, name in ((ann, "ann"), (bob, "bob")):
+        ajax.send(session, {"type": "join", "data": {"room": "lobby", "username": name}})
+    ajax.call("POST", "/disconnect", {"session": ann})
+    messages = ajax.poll(bob, 0).json()["messages"]
+    assert messages[-1] == {"type": "leave", "data": {"room": "lobby", "username": "ann"}}
+
+
+# publish --------------------------------------------------------------------------------
+
+
+def test_publish_from_loopback_without_token_reaches_subscribers(ajax):
+    session = ajax.connect()
+    ajax.send(session, {"type": "subscribe", "data": {"channel": "news"}})
+    body = ajax.call("POST", "/publish", body=b'{"channel": "news", "data": {"x": 1}}').json()
+    assert body["ok"] is True and body["subscribers"] == 1
+    assert ajax.poll(session, 0).json()["messages"][-1] == {"type": "message", "channel": "news",
+                                                            "data": {"x": 1}, "pos": body["pos"]}
+
+
+def test_publish_with_a_token_needs_the_bearer_header():
+    ajax = AjaxStub(make_runtime(publish_token="s3cret"))
+    body = b'{"channel": "news", "data": 1}'
+    answer = ajax.call("POST", "/publish", body=body)
+    assert error(answer, 401) == "unauthorized" and answer.headers["www-authenticate"].startswith("Bearer")
+    assert error(ajax.call("POST", "/publish", body=body, headers={"Authorization": "Bearer wrong"}),
+                 401) == "unauthorized"
+    assert ajax.call("POST", "/publish", body=body,
+                     headers={"Authorization": "Bearer s3cret"}).json()["ok"] is True
+
+
+@pytest.mark.parametrize("body, code", [
+    (b"{", "bad_json"), (b"[]", "bad_data"), (b'{"data": 1}', "bad_data"),
+    (b'{"channel": "bad name"}', "bad_data"), (b'{"channel": "a", "key": [1]}', "bad_data"),
+])
+def test_publish_with_a_bad_body_is_400(ajax, body, code):
+    assert error(ajax.call("POST", "/publish", body=body), 400) == code

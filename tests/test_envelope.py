@@ -1,0 +1,91 @@
+"""
+Envelopes: what a client may send (docs/protocol.md, "Client to server") and
+how an outgoing message is serialized once for all its recipients.
+"""
+
+import json
+
+import pytest
+from autobahn.websocket.protocol import PreparedMessage
+
+from appserver.envelope import (MAX_ID_LENGTH, MAX_TYPE_LENGTH, Envelope, Outgoing, ProtocolError,
+                                error_payload, parse_envelope, validate_envelope)
+
+
+def code_of(raw):
+    with pytest.raises(ProtocolError) as caught:
+        parse_envelope(raw)
+    return caught.value.code
+
+
+def test_a_full_envelope_is_parsed():
+    assert parse_envelope(b'{"type": "chat", "data": "hello", "id": 7}') == Envelope("chat", "hello", 7)
+
+
+def test_data_and_id_default_to_none():
+    assert parse_envelope('{"type": "ping"}') == Envelope("ping", None, None)
+
+
+def test_a_string_id_is_kept():
+    assert parse_envelope('{"type": "ping", "id": "abc"}').id == "abc"
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"nope", b'{"type": "chat",}', b"\xff\xfe", b"NaN",
+                                 b'"\\ud800"'])
+def test_malformed_json_is_bad_json(raw):
+    assert code_of(raw) == "bad_json"
+
+
+@pytest.mark.parametrize("raw", ["[]", "1", '"chat"', "null", "true", '[{"type": "chat"}]'])
+def test_a_value_that_is_not_an_object_is_bad_envelope(raw):
+    assert code_of(raw) == "bad_envelope"
+
+
+@pytest.mark.parametrize("raw", ['{}', '{"data": 1}', '{"type": ""}', '{"type": 5}', '{"type": null}',
+                                 '{"type": ["chat"]}',
+                                 json.dumps({"type": "x" * (MAX_TYPE_LENGTH + 1)})])
+def test_a_missing_empty_long_or_non_string_type_is_bad_envelope(raw):
+    assert code_of(raw) == "bad_envelope"
+
+
+def test_a_type_of_the_maximum_length_is_accepted():
+    assert parse_envelope(json.dumps({"type": "x" * MAX_TYPE_LENGTH})).type == "x" * MAX_TYPE_LENGTH
+
+
+@pytest.mark.parametrize("request_id", [True, False, 1.5, [1], {"a": 1}, "i" * (MAX_ID_LENGTH + 1)])
+def test_a_bad_id_is_bad_envelope(request_id):
+    assert code_of(json.dumps({"type": "ping", "id": request_id})) == "bad_envelope"
+
+
+def test_an_id_of_the_maximum_length_is_accepted():
+    assert parse_envelope(json.dumps({"type": "ping", "id": "i" * MAX_ID_LENGTH})).id == "i" * MAX_ID_LENGTH
+
+
+def test_a_bad_type_keeps_a_valid_id_so_the_error_can_be_matched():
+    with pytest.raises(ProtocolError) as caught:
+        validate_envelope({"type": 3, "id": 9})
+    assert caught.value.request_id == 9
+
+
+def test_error_payload_has_the_documented_shape():
+    assert error_payload("bad_data", "why", 4) == {"type": "error", "id": 4,
+                                                    "data": {"code": "bad_data", "message": "why"}}
+
+
+def test_outgoing_adds_the_position_to_the_envelope():
+    message = Outgoing.of({"type": "chat", "data": "hi"}, pos=5)
+    assert json.loads(message.payload) == {"type": "chat", "data": "hi", "pos": 5}
+    assert message.pos == 5 and len(message) == len(message.payload)
+
+
+def test_outgoing_without_position_has_no_pos_field():
+    assert "pos" not in json.loads(Outgoing.of({"type": "welcome"}).payload)
+
+
+def test_outgoing_frame_is_a_complete_websocket_text_frame_built_once():
+    message = Outgoing.of({"type": "chat", "data": "x" * 300})
+    frame = message.frame
+    assert frame is message.frame
+    assert frame == PreparedMessage(message.payload, False, False, True).payloadHybi
+    assert frame[0] == 0x81  # FIN + text opcode
+    assert frame.endswith(message.payload)
