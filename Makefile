@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 TWISTD ?= $(PYTHON) -c "from twisted.scripts.twistd import run; run()"
-RUN_ARGS ?=
+RUN_ARGS ?= --app appserver.apps.gallery:app
 
 .PHONY: install install-test system-deps run test test-python test-js bench clean
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import os
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procstat  # noqa: E402
 from loadgen import Publisher, WorkerPool, measure_level, smoke_check  # noqa: E402
-from report import GroupResult, render_markdown  # noqa: E402
+from report import NOISY_OTHER_CPU_PCT, GroupResult, render_markdown  # noqa: E402
 from servers import REFERENCE_SERVERS, SERVER_SPECS, ServerProcess, ServerSpec, ServerStartError  # noqa: E402
 
 SERVER_START_TIMEOUT = 20.0
@@ -41,6 +42,7 @@ DRAIN_TIMEOUT = 5.0
 MSG_TIMEOUT = 5.0
 QUIET_MAX_WAIT = 5.0
 QUIET_MAX_BUSY_CORES = 0.3
+NOISY_RETRIES_PER_GROUP = 2
 
 
 @dataclass(frozen=True)
@@ -148,14 +150,20 @@ async def wait_for_quiet_machine(max_wait: float, max_busy_cores: float) -> floa
     Returns the busy cores measured last.
     """
     deadline = time.monotonic() + max_wait
+    waited = False
     while True:
         m0 = procstat.machine_times()
         await asyncio.sleep(0.5)
         m1 = procstat.machine_times()
         busy = (m1.busy - m0.busy) / (m1.total - m0.total) * (os.cpu_count() or 1) if m1.total > m0.total else 0.0
         if busy < max_busy_cores or time.monotonic() >= deadline:
+            if waited:
+                log(f"  machine busy: waited {max_wait - max(0.0, deadline - time.monotonic()):.1f} s, "
+                    f"now {busy:.2f} cores used by other processes")
             return busy
-        log(f"  machine busy ({busy:.2f} cores used by other processes): waiting")
+        if not waited:
+            log(f"  machine busy ({busy:.2f} cores used by other processes): waiting up to {max_wait:.0f} s")
+            waited = True
 
 
 def log(msg: str) -> None:
@@ -199,11 +207,24 @@ async def run_group(spec: ServerSpec, result: GroupResult, cfg: Settings) -> Gro
             Publisher.connect(server.ws_url, len(pool.workers), cfg.size, MSG_TIMEOUT, first_id=1), SMOKE_TIMEOUT
         )
         pool.done_handler = pub.on_done
+        retries = NOISY_RETRIES_PER_GROUP
         for k in cfg.inflight:
             level_deadline = cfg.warmup + cfg.measure + DRAIN_TIMEOUT + 30.0
             level = await asyncio.wait_for(
                 measure_level(server.pid, pool, pub, k, cfg.warmup, cfg.measure, DRAIN_TIMEOUT), level_deadline
             )
+            while level.other_cpu_pct > NOISY_OTHER_CPU_PCT and retries > 0:
+                # Another process took CPU during the window: measure this level again, keep the quieter one.
+                retries -= 1
+                log(f"  other processes used {level.other_cpu_pct:.0f}% CPU during the window: measuring again")
+                await wait_for_quiet_machine(QUIET_MAX_WAIT, QUIET_MAX_BUSY_CORES)
+                again = await asyncio.wait_for(
+                    measure_level(server.pid, pool, pub, k, cfg.warmup, cfg.measure, DRAIN_TIMEOUT), level_deadline
+                )
+                quiet = again if again.other_cpu_pct < level.other_cpu_pct else level
+                # Losses count whichever window is kept: a lost message is never noise.
+                level = dataclasses.replace(quiet, lost=again.lost + level.lost, dropped=again.dropped + level.dropped,
+                                            stalled=again.stalled + level.stalled)
             result.levels.append(level)
             log(f"  {spec.name:<10} {transport:<8} N={clients:<5} k={k:<3} {level.msgs_per_s:>10,.0f} msg/s "
                 f"{(level.cpu_us_per_msg or 0):7.2f} µs/msg  srv {level.server_cpu_pct:3.0f}%  "
@@ -298,9 +319,7 @@ async def main_async(cfg: Settings) -> int:
             skipped += 1
             continue
         log(f"run {run + 1}/{cfg.runs}: {name} {transport} N={n}")
-        busy = await wait_for_quiet_machine(QUIET_MAX_WAIT, QUIET_MAX_BUSY_CORES)
-        if busy >= QUIET_MAX_BUSY_CORES:
-            log(f"  machine still busy ({busy:.2f} cores) after {QUIET_MAX_WAIT:.0f} s: measuring anyway")
+        await wait_for_quiet_machine(QUIET_MAX_WAIT, QUIET_MAX_BUSY_CORES)
         result = GroupResult(server=name, transport=transport, clients=n, run=run)
         current = asyncio.ensure_future(run_group(SERVER_SPECS[name], result, cfg))
         try:

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -51,8 +52,16 @@ class ClientCount(JSONResource):
     by transport and, with C{?room=R}, that room's size.
     """
 
-    def handle(self, request: Request) -> dict[str, Any]:
+    def handle(self, request: Request) -> Any:
         tracker = self.runtime.tracker
+        room = query_arg(request, "room")
+        if room is not None:
+            try:
+                validate_room_name(room)
+            except ProtocolError as error:
+                raise HTTPError(400, error.code, error.message) from None
+        if tracker.backplane.clustered:
+            return self._cluster_answer(room)
         counts = tracker.count_by_transport()
         answer: dict[str, Any] = {
             "client_count": tracker.client_count,
@@ -60,14 +69,29 @@ class ClientCount(JSONResource):
             "ajax": counts["ajax"],
             "time": time.ctime(),
         }
-        room = query_arg(request, "room")
         if room is not None:
-            try:
-                validate_room_name(room)
-            except ProtocolError as error:
-                raise HTTPError(400, error.code, error.message) from None
             answer["room"] = room
             answer["room_count"] = tracker.room_size(room)
+        return answer
+
+    async def _cluster_answer(self, room: str | None) -> dict[str, Any]:
+        """
+        Every live node's clients (docs/scaling.md); C{nodes} says how many
+        nodes answered for.
+        """
+        tracker = self.runtime.tracker
+        counts = dict(await maybeDeferred(tracker.cluster_counts))
+        nodes = counts.pop("nodes", 1)
+        answer: dict[str, Any] = {
+            "client_count": sum(counts.values()),
+            "websocket": counts.get("websocket", 0),
+            "ajax": counts.get("ajax", 0),
+            "nodes": nodes,
+            "time": time.ctime(),
+        }
+        if room is not None:
+            answer["room"] = room
+            answer["room_count"] = await maybeDeferred(tracker.room_size, room)
         return answer
 
 
@@ -77,6 +101,28 @@ class _SessionResource(JSONResource):
     """
 
     check_origin = True
+
+    def render(self, request: Request) -> bytes | int:
+        # A session opened by another node of the cluster: its home node
+        # answers (docs/scaling.md).
+        if request.method != b"OPTIONS":
+            values = request.args.get(b"session")
+            session_id = values[0].decode("utf-8", "replace") if values else ""
+            if session_id and self.runtime.sessions.get(session_id) is None:
+                routed = self.runtime.tracker.backplane.route_session_request(self, request, session_id)
+                if routed is not None:
+                    return routed
+        return super().render(request)
+
+    def routed_error(self, request: Request, status: int, code: str, message: str) -> bytes:
+        """
+        An error answer written for a request routed to another node.
+        """
+        try:
+            callback = jsonp_callback(request)
+        except HTTPError:
+            callback = None
+        return self._error(request, callback, status, code, message)
 
     def _session(self, request: Request) -> AjaxSession:
         session_id = query_arg(request, "session")
@@ -230,8 +276,13 @@ class Publish(JSONResource):
         key = body.get("key")
         if key is not None and not isinstance(key, (str, int)):
             raise HTTPError(400, "bad_data", '"key" must be a string or an integer')
-        message = self.runtime.tracker.publish(channel, body.get("data"), key=key)
-        return {"ok": True, "pos": message.pos, "subscribers": self.runtime.tracker.subscriber_count(channel)}
+        tracker = self.runtime.tracker
+        message = tracker.publish(channel, body.get("data"), key=key)
+        if isinstance(message, Deferred):
+            # Clustered: the position comes from Redis; subscribers are this node's.
+            return message.addCallback(lambda published: {
+                "ok": True, "pos": published.pos, "subscribers": tracker.subscriber_count(channel)})
+        return {"ok": True, "pos": message.pos, "subscribers": tracker.subscriber_count(channel)}
 
     def _authorize(self, request: Request) -> None:
         token = self.runtime.settings.publish_token
@@ -292,6 +343,7 @@ def build_ajax_resource(runtime: "Runtime") -> Resource:
     if runtime.sessions is None:
         runtime.sessions = SessionRegistry(runtime)
     root = AjaxRoot()
+    runtime.tracker.backplane.attach_ajax(root)
     for path, route in runtime.app.routes.items():
         root.putChild(path.lstrip("/").encode("ascii"), AppRoute(runtime, route))
     root.putChild(b"get_client_count", ClientCount(runtime))

@@ -164,7 +164,15 @@ class Dispatcher:
 
     def _members(self, client: Client, envelope: Envelope) -> None:
         room = validate_room_name(_require_object(envelope.data, "room")["room"])
-        members = {"room": room, "members": self.tracker.room_members(room)}
+        names = self.tracker.room_members(room)
+        if isinstance(names, Deferred):  # clustered: every node's members
+            names.addCallbacks(lambda found: self._members_found(client, envelope, room, found),
+                               lambda failure: self._async_failed(client, envelope, failure))
+            return
+        self._members_found(client, envelope, room, names)
+
+    def _members_found(self, client: Client, envelope: Envelope, room: str, names: list[str]) -> None:
+        members = {"room": room, "members": names}
         if envelope.id is not None:
             self._reply(client, envelope, members)
         else:
@@ -178,6 +186,13 @@ class Dispatcher:
         for channel in channels:
             self.tracker.subscribe(client, validate_channel_name(channel))
         recovered = self.tracker.replay(client, data["epoch"], data["since"], channels, client.connected_at)
+        if isinstance(recovered, Deferred):  # clustered: read from Redis
+            recovered.addCallbacks(lambda done: self._resumed(client, envelope, done),
+                                   lambda failure: self._async_failed(client, envelope, failure))
+            return
+        self._resumed(client, envelope, recovered)
+
+    def _resumed(self, client: Client, envelope: Envelope, recovered: bool) -> None:
         self._ack(client, envelope, "resumed", {"recovered": recovered, "epoch": self.tracker.epoch,
                                                "position": self.tracker.position})
 

@@ -43,7 +43,7 @@ def query_arg(request: Request, name: str) -> str | None:
 
     @raise HTTPError: 400 when the value is not UTF-8.
     """
-    values = request.args.get(name.encode("ascii"))
+    values = request.args.get(name.encode("utf-8"))
     if not values:
         return None
     try:

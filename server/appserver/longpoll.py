@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from .client import Client
-from .envelope import Outgoing
+from .envelope import Outgoing, encode
 from .jsonweb import RawJSON, write_json
 from .queue import OutboundQueue
 
@@ -76,9 +76,13 @@ class AjaxSession(Client):
             return
         self.closed = True
         self.close_reason = (code, reason)
-        if self.waiting is not None:
-            self._answer({"messages": [], "position": self._empty_position(),
-                          "closed": {"code": code, "reason": reason}})
+        request, callback = self.waiting, self.waiting_callback
+        if request is not None:
+            # What is still queued (a shutdown's reconnect envelope) goes
+            # out with the close, in the same answer.
+            self._clear_waiting()
+            request.write(self._render(request, callback, closed={"code": code, "reason": reason}))
+            request.finish()
         self.registry.forget(self)
 
     # Polling ----------------------------------------------------------------
@@ -105,7 +109,7 @@ class AjaxSession(Client):
         request.notifyFinish().addBoth(lambda _: self._poll_gone(request))
         return None
 
-    def _render(self, request: Request, callback: str | None) -> bytes:
+    def _render(self, request: Request, callback: str | None, closed: dict[str, Any] | None = None) -> bytes:
         queue = self.queue
         assert queue is not None
         pending = queue.pending()
@@ -116,6 +120,8 @@ class AjaxSession(Client):
             + str(position).encode("ascii")
         if dropped:
             body += b',"dropped":' + str(dropped).encode("ascii")
+        if closed is not None:
+            body += b',"closed":' + encode(closed)
         body += b"}"
         return write_json(request, self.registry.runtime, RawJSON(body), 200, callback)
 
@@ -223,7 +229,8 @@ class SessionRegistry:
 
     def open(self, peer: str, origin: str | None, attributes: dict[str, Any] | None = None) -> AjaxSession:
         tracker = self.runtime.tracker
-        session = AjaxSession(self, tracker=tracker, peer=peer, origin=origin)
+        session = AjaxSession(self, tracker=tracker, peer=peer, origin=origin,
+                              client_id=tracker.backplane.new_session_id())
         session.bucket = self.runtime.new_bucket()
         if attributes:
             session.attributes.update(attributes)

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
 from .app import App
+from .backplane import make_backplane
 from .dispatch import Dispatcher
 from .limits import ConnectionLimiter, TokenBucket
 from .origins import OriginPolicy
@@ -102,6 +103,7 @@ def build_runtime(settings: Settings, app: App, reactor: IReactorTime,
         ),
         clock=wall_clock or reactor.seconds,
         events=events,
+        backplane=make_backplane(settings, reactor),
     )
     for pattern, policy in app.channel_policies:
         tracker.set_policy(pattern, policy)

@@ -24,6 +24,7 @@ from .ajax import build_ajax_resource
 from .app import App
 from .jsonweb import LoggingSite
 from .metrics import MetricsEvents
+from .persistence import load_state, save_state
 from .runtime import Runtime, build_runtime
 from .settings import Settings
 from .static import build_static_resource
@@ -108,9 +109,10 @@ class AppServerService(MultiService):
 
     # Sites -------------------------------------------------------------
 
-    def _site(self, resource: Resource) -> LoggingSite:
+    def _site(self, resource: Resource, idle_timeout: float | None = None) -> LoggingSite:
+        extra = {"timeout": idle_timeout} if idle_timeout else {}
         site = LoggingSite(resource, max_body_size=self.settings.max_message_size,
-                           access_log=self.settings.access_log)
+                           access_log=self.settings.access_log, **extra)
         site.noisy = False
         return site
 
@@ -122,14 +124,19 @@ class AppServerService(MultiService):
         if self.settings.listen:
             static.putChild(b"ajax", ajax)
             static.putChild(b"ws", ws)
-            self._add_site("single", self.settings.listen, static)
+            self._add_site("single", self.settings.listen, static, websocket=True)
         else:
             self._add_site("static", self.settings.static, static)
             self._add_site("ajax", self.settings.ajax, ajax)
-            self._add_site("ws", self.settings.ws, ws)
+            self._add_site("ws", self.settings.ws, ws, websocket=True)
 
-    def _add_site(self, name: str, description: str, resource: Resource) -> None:
-        SiteService(name, description, self._site(resource), self.reactor, self._listening).setServiceParent(self)
+    def _add_site(self, name: str, description: str, resource: Resource, websocket: bool = False) -> None:
+        # Autobahn's handshake timeout starts only once the whole upgrade
+        # request has arrived; until then the HTTP channel's idle timeout
+        # (a minute by default) is all that bounds a silent or half-sent one.
+        idle_timeout = self.settings.handshake_timeout if websocket else None
+        site = self._site(resource, idle_timeout)
+        SiteService(name, description, site, self.reactor, self._listening).setServiceParent(self)
 
     def _listening(self, name: str, port: IListeningPort) -> None:
         number = port.getHost().port
@@ -150,7 +157,10 @@ class AppServerService(MultiService):
         Where a page loaded through C{request} finds the Ajax and WebSocket
         sites: same host name, this server's ports.
         """
-        secure = request.isSecure()
+        # Behind a TLS-terminating proxy the request is plain HTTP, but the
+        # page was https: its WebSocket must be wss (docs/deploy.md).
+        forwarded = (request.getHeader(b"x-forwarded-proto") or b"").split(b",")[0].strip().lower()
+        secure = request.isSecure() or forwarded == b"https"
         host_header = (request.getHeader(b"host") or b"localhost").decode("latin-1")
         hostname = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
         if "single" in self.ports:
@@ -166,6 +176,12 @@ class AppServerService(MultiService):
     # Life cycle -----------------------------------------------------------
 
     def startService(self) -> None:
+        if self.settings.state_file:
+            # Before listening: the first client must already see the old epoch.
+            load_state(self.runtime.tracker, self.settings.state_file)
+        # Before listening too: a Redis backplane that cannot be reached stops
+        # the start (BackplaneUnavailable says what to fix).
+        self.runtime.tracker.backplane.start()
         super().startService()
         tracker = self.runtime.tracker
         for seconds, function in self.app.periodic:
@@ -223,8 +239,7 @@ class AppServerService(MultiService):
             if client.transport != "ajax":
                 client.close(1001, "server shutting down")
         if runtime.sessions is not None:
-            # Let the reconnect envelopes go out with the pending polls first.
-            yield deferLater(self.reactor, 0, lambda: None)
+            # A waiting poll is answered with its reconnect envelope and the close.
             runtime.sessions.close_all(1001, "server shutting down")
         yield super().stopService()
         deadline = self.reactor.seconds() + self.settings.shutdown_timeout
@@ -239,3 +254,6 @@ class AppServerService(MultiService):
                 yield defer.maybeDeferred(hook, tracker, self.reactor)
             except Exception:
                 self.log.failure("shutdown hook failed")
+        if self.settings.state_file:
+            save_state(tracker, self.settings.state_file)
+        yield tracker.backplane.stop()

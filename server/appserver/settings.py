@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .origins import compile_origin_pattern
+
 __all__ = ["Settings", "SettingsError", "OPTION_SPECS", "OptionSpec", "parse_size"]
 
 
@@ -33,7 +35,7 @@ def parse_size(text: str) -> int:
         "m": 1024 ** 2, "mb": 1000 ** 2, "mib": 1024 ** 2,
         "g": 1024 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3,
     }
-    stripped = text.strip().lower()
+    stripped = str(text).strip().lower()
     number = stripped.rstrip("abcdefghijklmnopqrstuvwxyz")
     unit = stripped[len(number):].strip()
     if unit not in units or not number.strip():
@@ -84,6 +86,13 @@ def _optional_text(text: str | None) -> str | None:
     if text is None or str(text) == "":
         return None
     return str(text)
+
+
+def _origin_pattern(text: str) -> str:
+    text = str(text)
+    if text != "*":
+        compile_origin_pattern(text)
+    return text
 
 
 def _policy(text: str) -> str:
@@ -140,7 +149,7 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
                "Seconds to wait for a pong before the connection is dropped as dead."),
     OptionSpec("handshake-timeout", 10.0, _non_negative_float,
                "Seconds a WebSocket opening handshake may take."),
-    OptionSpec("allowed-origin", (), _text,
+    OptionSpec("allowed-origin", (), _origin_pattern,
                "Origin allowed to open WebSockets, Ajax sessions and CORS calls: an exact origin or an anchored "
                "pattern like https://*.example.com; repeatable. Default: the server's own pages only. "
                "Use * to allow any origin.", repeatable=True),
@@ -159,6 +168,9 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
                "only accepts requests from loopback addresses."),
     OptionSpec("shutdown-timeout", 5.0, _non_negative_float,
                "Seconds a graceful shutdown (SIGTERM) may take before connections are cut."),
+    OptionSpec("state-file", None, _optional_text,
+               "JSON file where a graceful shutdown saves the epoch, position and histories, read back (and "
+               "deleted) at start, so clients recover across a restart. Without it a restart is a new epoch."),
     OptionSpec("backplane", "memory://", _text,
                "Cross-node state: memory:// (single node) or redis://host:port/db."),
     OptionSpec("node-id", None, _optional_text, "Name of this node in a cluster (default: random)."),
@@ -203,6 +215,7 @@ class Settings:
     history_age: float = 300.0
     publish_token: str | None = None
     shutdown_timeout: float = 5.0
+    state_file: str | None = None
     backplane: str = "memory://"
     node_id: str | None = None
     log_format: str = "text"

@@ -73,7 +73,7 @@ class SafeFile(File):
         return self.childNotFound
 
     def getChild(self, path: bytes, request: Request) -> Resource:
-        if path.startswith(b"."):
+        if path.startswith(b".") or b"\x00" in path:
             return self.childNotFound
         return super().getChild(path, request)
 

@@ -15,12 +15,17 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
 
 from .client import Client
 from .envelope import Outgoing, ProtocolError
 from .history import StreamHistory
 from .queue import POLICIES
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from .backplane import IBackplane
 
 __all__ = ["ClientTracker", "TrackerEvents", "TrackerLimits", "GLOBAL_STREAM",
            "validate_channel_name", "validate_room_name", "validate_username"]
@@ -134,6 +139,12 @@ class ClientTracker:
     handlers and background tasks call L{broadcast}, L{publish},
     L{send_to} and the room methods.
 
+    What spans nodes (positions, fan-out to other nodes, counts, presence,
+    recovery history) goes through the C{backplane}: with the default
+    L{MemoryBackplane} everything is local and synchronous; with Redis,
+    L{broadcast}, L{publish}, L{room_members}, L{room_size} and L{replay}
+    may return a Deferred (docs/scaling.md).
+
     @ivar epoch: random for each server start: positions from another epoch
         mean nothing here, so a client presenting one is not recovered.
     @ivar position: the last position handed out.
@@ -142,7 +153,7 @@ class ClientTracker:
     def __init__(self, limits: TrackerLimits | None = None,
                  clock: Callable[[], float] = time.time,
                  events: TrackerEvents | None = None,
-                 epoch: str | None = None) -> None:
+                 epoch: str | None = None, backplane: "IBackplane | None" = None) -> None:
         self.limits = limits or TrackerLimits()
         self.clock = clock
         self.events = events or TrackerEvents()
@@ -156,6 +167,11 @@ class ClientTracker:
         self._policies: list[tuple[str, str]] = []
         # Histories deleted by sweep() could vouch for nothing at or before this.
         self._forgotten_after = 0
+        if backplane is None:
+            from .backplane import MemoryBackplane
+            backplane = MemoryBackplane()
+        self.backplane = backplane
+        backplane.attach(self)
 
     # Membership ---------------------------------------------------------
 
@@ -168,6 +184,7 @@ class ClientTracker:
         self.clients[client.client_id] = client
         client.connected_at = self.position
         self.counts[client.transport] = self.counts.get(client.transport, 0) + 1
+        self.backplane.counts_changed()
         self.events.registered(client)
 
     def unregister(self, client: Client) -> None:
@@ -186,6 +203,7 @@ class ClientTracker:
             self.leave_room(client, room)
         if client.queue is not None:
             client.queue.clear()
+        self.backplane.counts_changed()
         self.events.unregistered(client)
 
     def __len__(self) -> int:
@@ -203,6 +221,13 @@ class ClientTracker:
         counts = {"websocket": 0, "ajax": 0}
         counts.update(self.counts)
         return counts
+
+    def cluster_counts(self) -> "dict[str, int] | Deferred[dict[str, int]]":
+        """
+        L{count_by_transport} over every node of the cluster (this node's
+        alone with the memory backplane).
+        """
+        return self.backplane.cluster_counts()
 
     def get(self, client_id: str) -> Client | None:
         return self.clients.get(client_id)
@@ -239,30 +264,65 @@ class ClientTracker:
         """
         Send C{{"type": message_type, "data": data}} to every client, with a
         position in the global stream (recoverable after a reconnect).
+
+        @return: the message (with the Redis backplane, a Deferred firing
+            with it once Redis has given it its position).
         """
-        message = self._stamp({"type": message_type, "data": data}, GLOBAL_STREAM, key)
-        recipients = list(self.clients.values())
-        policy = self.limits.default_policy
-        for client in recipients:
-            client.deliver(message, policy)
-        self.events.fanout(GLOBAL_STREAM, len(recipients), message)
-        return message
+        return self.backplane.publish(GLOBAL_STREAM, {"type": message_type, "data": data}, key)
 
     def publish(self, channel: str, data: Any, key: Hashable | None = None) -> Outgoing:
         """
         Send C{{"type": "message", "channel": channel, "data": data}} to the
         channel's subscribers, under the channel's overflow policy.
+
+        @return: as L{broadcast}.
         """
         validate_channel_name(channel)
-        message = self._stamp({"type": "message", "channel": channel, "data": data}, channel, key)
-        subscribers = self.channels.get(channel)
-        if subscribers:
-            recipients = list(subscribers)
-            policy = self.policy_for(channel)
+        return self.backplane.publish(channel, {"type": "message", "channel": channel, "data": data}, key)
+
+    def fan_out(self, stream: str, message: Outgoing) -> None:
+        """
+        Deliver a positioned message to this node's clients of C{stream}:
+        everyone for the global stream, else the channel's subscribers.
+        """
+        if stream == GLOBAL_STREAM:
+            recipients = list(self.clients.values())
+            policy = self.limits.default_policy
             for client in recipients:
                 client.deliver(message, policy)
-            self.events.fanout(channel, len(recipients), message)
-        return message
+            self.events.fanout(GLOBAL_STREAM, len(recipients), message)
+            return
+        subscribers = self.channels.get(stream)
+        if subscribers:
+            recipients = list(subscribers)
+            policy = self.policy_for(stream)
+            for client in recipients:
+                client.deliver(message, policy)
+            self.events.fanout(stream, len(recipients), message)
+
+    def receive(self, stream: str, message: Outgoing) -> None:
+        """
+        A message positioned elsewhere (by the Redis backplane) arrived:
+        keep it in this node's history and deliver it here. A message
+        without a position (Redis was unreachable) is only delivered.
+        """
+        pos = message.pos
+        if pos is not None:
+            self._history(stream).append(message)
+            if pos > self.position:
+                self.position = pos
+        self.fan_out(stream, message)
+
+    def resynchronise(self, epoch: str, position: int) -> None:
+        """
+        This node may have missed messages (its Redis subscription was down,
+        or Redis lost its data): its histories can no longer vouch for
+        anything up to C{position}, so recovery asks the backplane.
+        """
+        self.epoch = epoch
+        self.histories.clear()
+        self.position = position
+        self._forgotten_after = position
 
     def send_to(self, client: Client | str, envelope: dict[str, Any]) -> bool:
         """
@@ -272,7 +332,7 @@ class ClientTracker:
         if isinstance(client, str):
             found = self.clients.get(client)
             if found is None:
-                return False
+                return self.backplane.send_to_remote(client, envelope)
             client = found
         message = Outgoing.of(envelope)
         client.deliver(message, self.limits.default_policy)
@@ -281,12 +341,19 @@ class ClientTracker:
 
     def send_to_room(self, room: str, envelope: dict[str, Any]) -> int:
         """
-        Send one envelope to every member of a room; returns how many.
+        Send one envelope to every member of a room; returns how many (on
+        this node, with a clustered backplane).
+        """
+        return self.backplane.send_to_room(room, envelope)
+
+    def deliver_to_room(self, room: str, envelope: dict[str, Any] | Outgoing) -> int:
+        """
+        Send one envelope to this node's members of a room; returns how many.
         """
         members = self.rooms.get(room)
         if not members:
             return 0
-        message = Outgoing.of(envelope)
+        message = envelope if isinstance(envelope, Outgoing) else Outgoing.of(envelope)
         recipients = list(members)
         for client in recipients:
             client.deliver(message, self.limits.default_policy)
@@ -356,6 +423,7 @@ class ClientTracker:
             members = self.rooms.setdefault(room, {})
         members[client] = username
         client.rooms[room] = username
+        self.backplane.presence_changed(room)
         self.send_to_room(room, {"type": "join", "data": {"room": room, "username": username}})
 
     def leave_room(self, client: Client, room: str) -> bool:
@@ -370,20 +438,28 @@ class ClientTracker:
         members.pop(client, None)
         if not members:
             del self.rooms[room]
-        else:
+        self.backplane.presence_changed(room)
+        if members or self.backplane.clustered:
             self.send_to_room(room, {"type": "leave", "data": {"room": room, "username": username}})
         return True
 
-    def room_members(self, room: str) -> list[str]:
+    def room_members(self, room: str) -> "list[str] | Deferred[list[str]]":
+        """
+        The sorted names of the room's members (on every node: with Redis, a
+        Deferred).
+        """
+        return self.backplane.room_members(room)
+
+    def local_room_members(self, room: str) -> list[str]:
         return sorted(self.rooms.get(room, {}).values())
 
-    def room_size(self, room: str) -> int:
-        return len(self.rooms.get(room, ()))
+    def room_size(self, room: str) -> "int | Deferred[int]":
+        return self.backplane.room_size(room)
 
     # Recovery -----------------------------------------------------------
 
     def replay(self, client: Client, epoch: Any, since: Any, channels: Iterable[str],
-               connected_at: int) -> bool:
+               connected_at: int) -> "bool | Deferred[bool]":
         """
         Send a reconnecting client what it missed since position C{since}:
         global broadcasts up to C{connected_at} (later ones reached it live)
@@ -392,16 +468,39 @@ class ClientTracker:
         @return: whether the replay is complete (C{recovered}). C{False}
             when the epoch is another server's, or a history no longer
             reaches back to C{since}: the application must reload its state.
+            With Redis, a Deferred when this node's own history does not
+            reach back far enough and Redis's is read.
+        """
+        return self.backplane.replay(client, epoch, since, channels, connected_at)
+
+    def replay_local(self, client: Client, epoch: Any, since: Any, channels: Iterable[str],
+                     connected_at: int) -> bool:
+        """
+        L{replay} from this node's own histories.
         """
         if (epoch != self.epoch or isinstance(since, bool) or not isinstance(since, int)
                 or since < 0 or since > self.position):
             self.events.recovery(client, False)
             return False
+        recovered, missed = self.missed_since(since, channels, connected_at)
+        policy = self.limits.default_policy
+        for message in missed:
+            client.deliver(message, policy)
+        self.events.recovery(client, recovered)
+        return recovered
+
+    def missed_since(self, since: int, channels: Iterable[str], connected_at: int | None,
+                     until: int | None = None) -> tuple[bool, list[Outgoing]]:
+        """
+        What this node's histories hold after C{since}: global messages up
+        to C{connected_at}, channel messages up to C{until}, in position
+        order, and whether that is everything.
+        """
         streams: list[tuple[str, int | None]] = [(GLOBAL_STREAM, connected_at)]
-        streams.extend((channel, None) for channel in channels)
+        streams.extend((channel, until) for channel in channels)
         recovered = True
         missed: list[Outgoing] = []
-        for stream, until in streams:
+        for stream, upto in streams:
             history = self.histories.get(stream)
             if history is None:
                 # Never published, or swept after its messages expired.
@@ -410,13 +509,9 @@ class ClientTracker:
                 continue
             if not history.covers(since):
                 recovered = False
-            missed.extend(history.after(since, until))
+            missed.extend(history.after(since, upto))
         missed.sort(key=_position_of)
-        policy = self.limits.default_policy
-        for message in missed:
-            client.deliver(message, policy)
-        self.events.recovery(client, recovered)
-        return recovered
+        return recovered, missed
 
     def sweep(self) -> None:
         """

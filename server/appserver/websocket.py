@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -117,6 +118,7 @@ class TrackedProtocol(WebSocketServerProtocol):
     _limiter_ip: str | None = None
     _origin: str | None = None
     _attributes: dict[str, Any] | None = None
+    _gone = False
 
     # Handshake -----------------------------------------------------------
 
@@ -149,6 +151,9 @@ class TrackedProtocol(WebSocketServerProtocol):
         }
 
         def decided(attributes: dict[str, Any] | None) -> None:
+            if self._gone:
+                # The peer left while the application decided: open nothing.
+                raise ConnectionDeny(403, "connection lost during authentication")
             if attributes is None:
                 self.events_log.info("refused WebSocket from {peer}: authentication refused", peer=self.peer)
                 raise ConnectionDeny(403, "authentication refused")
@@ -180,6 +185,7 @@ class TrackedProtocol(WebSocketServerProtocol):
     # End, however it happens ----------------------------------------------
 
     def connectionLost(self, reason: Any) -> None:
+        self._gone = True
         try:
             super().connectionLost(reason)
         finally:
@@ -235,6 +241,37 @@ class EnvelopeProtocol(TrackedProtocol):
         runtime.dispatcher.dispatch(client, envelope)
 
 
+class _PreciseTimer:
+    """
+    Stands in for Autobahn's batched timer, which rounds every deadline
+    down to a whole second (txaio's C{_BatchedTimer} computes
+    C{int(now + delay)}): pings, ping timeouts and close-handshake timeouts
+    then fire up to a second early, and a ping timeout under a second can
+    fire before any pong could arrive, dropping live connections.
+    """
+
+    __slots__ = ()
+
+    def call_later(self, delay: float, function: Any, *args: Any, **kwargs: Any) -> "_TimerCall":
+        return _TimerCall(txaio.call_later(delay, function, *args, **kwargs))
+
+
+class _TimerCall:
+    """
+    A delayed call whose C{cancel} is harmless once it has run, as the
+    batched timer's calls are (Autobahn relies on that).
+    """
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
+
+
 class AppServerWebSocketFactory(WebSocketServerFactory):
     """
     One per endpoint; all share the runtime and the same protocol options.
@@ -243,6 +280,7 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
     def __init__(self, runtime: "Runtime", protocol: type[TrackedProtocol] = EnvelopeProtocol,
                  url: str | None = None) -> None:
         super().__init__(url)
+        self._batched_timer = _PreciseTimer()
         self.runtime = runtime
         self.protocol = protocol
         settings = runtime.settings

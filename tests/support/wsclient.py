@@ -37,7 +37,7 @@ from appserver.settings import Settings
 
 __all__ = ["STATIC_PORT", "AJAX_PORT", "WS_PORT", "make_runtime", "resolved", "has_fired", "AjaxStub", "Answer",
            "MemoryWebSocket", "MemoryClient", "RecordingClient", "open_client", "next_message",
-           "wait_closed", "wait_until", "sleep"]
+           "wait_closed", "wait_until", "sleep", "raw_request"]
 
 STATIC_PORT, AJAX_PORT, WS_PORT = 9000, 9001, 9002
 
@@ -410,6 +410,47 @@ async def wait_closed(client: RecordingClient, reactor: Any, timeout: float = 5.
         return closed.result
     result = await defer.Deferred.fromCoroutine(_await(closed)).addTimeout(timeout, reactor)
     return result
+
+
+async def raw_request(reactor: Any, port: int, request: bytes, timeout: float = 5.0,
+                      until_close: bool = True) -> bytes:
+    """
+    Send C{request} byte for byte over a real socket (no client-side
+    normalization of the path) and return everything the server answers
+    until it closes (send C{Connection: close}). With C{until_close} false,
+    a server still waiting after C{timeout} is not an error: what it
+    answered so far is returned and the connection aborted.
+    """
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.protocol import Protocol
+
+    class Peer(Protocol):
+        def __init__(self) -> None:
+            self.received = b""
+            self.done: defer.Deferred[bytes] = defer.Deferred()
+
+        def connectionMade(self) -> None:
+            self.transport.write(request)
+
+        def dataReceived(self, data: bytes) -> None:
+            self.received += data
+
+        def connectionLost(self, reason: Any) -> None:
+            if not self.done.called:
+                self.done.callback(self.received)
+
+    peer = Peer()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout)
+    await connectProtocol(endpoint, peer)
+    try:
+        return await peer.done.addTimeout(timeout, reactor)
+    except defer.TimeoutError:
+        if until_close:
+            raise
+        return peer.received
+    finally:
+        if peer.transport is not None and peer.transport.connected:
+            peer.transport.abortConnection()
 
 
 async def _await(deferred: defer.Deferred[Any]) -> Any:

@@ -1,0 +1,911 @@
+"""
+The Redis backplane: several appserver nodes behind a load balancer behave
+as one server (docs/scaling.md).
+
+  - A broadcast or channel publication is one Lua script: it takes the next
+    cluster position, keeps the message in a capped Stream for recovery and
+    PUBLISHes it once on the bus channel. Every node, the origin included,
+    delivers it to its own clients when it comes back from the bus, so all
+    clients on all nodes see one order.
+  - Each node keeps its counts and room members in a hash and its heartbeat
+    in a sorted set; another node's numbers count while its heartbeat is
+    younger than C{ttl} seconds. A node that stops (even kill -9) drops out
+    within that bound, and the first node to notice announces its members'
+    departure.
+  - A client resuming on another node gets what it missed from this node's
+    own histories when they reach back far enough, else from Redis's Streams.
+  - Ajax sessions live on the node that opened them (their id names it);
+    another node routes their requests there over Redis (L{SessionRouter}).
+  - Redis lost: local clients keep being served (messages published meanwhile
+    reach this node's clients only, without a position); the connections come
+    back with backoff, resubscribe, and the node catches up what it missed,
+    re-sends its counts and presence.
+
+txredisapi imports the reactor: this module is imported only when
+C{--backplane redis://} is used.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import socket
+from typing import TYPE_CHECKING, Any, Hashable, Iterable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import redis_scripts as scripts
+from .backplane import BackplaneUnavailable, IBackplane
+from .envelope import Outgoing, encode
+from .session_router import SessionRouter
+from .tracker import GLOBAL_STREAM
+
+if TYPE_CHECKING:
+    from twisted.web.resource import Resource
+    from twisted.web.server import Request
+
+    from .client import Client
+    from .settings import Settings
+    from .tracker import ClientTracker
+
+__all__ = ["RedisBackplane", "RedisLocation", "parse_redis_url", "NODE_ID_PATTERN"]
+
+NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+
+#: Positions restart this far above what the proposing node has seen when
+#: Redis comes back without its data, so that a message in flight at the time
+#: cannot share a position with a new one.
+POSITION_GAP = 1000
+#: How long a node's hash outlives its last heartbeat, so that whoever reaps
+#: a dead node can still tell its rooms who left.
+NODE_HASH_TTL_MS = 60_000
+
+
+class RedisLocation:
+    """
+    Where the Redis server is and how this cluster names its keys.
+    """
+
+    def __init__(self, host: str, port: int, db: int, password: str | None, username: str | None,
+                 prefix: str, heartbeat: float, ttl: float) -> None:
+        self.host = host
+        self.port = port
+        self.db = db
+        self.password = password
+        self.username = username
+        self.prefix = prefix
+        self.heartbeat = heartbeat
+        self.ttl = ttl
+
+    def __str__(self) -> str:
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str) -> RedisLocation:
+    """
+    C{redis://[[user]:password@]host[:port][/db][?prefix=P&heartbeat=S&ttl=S]}.
+
+    @raise ValueError: naming what is wrong.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or not parts.hostname:
+        raise ValueError(f"--backplane {url!r}: expected redis://host:port/db")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"--backplane {url!r}: bad port") from None
+    path = parts.path.strip("/")
+    try:
+        db = int(path) if path else 0
+    except ValueError:
+        raise ValueError(f"--backplane {url!r}: the path must be a database number") from None
+    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    unknown = set(query) - {"prefix", "heartbeat", "ttl"}
+    if unknown:
+        raise ValueError(f"--backplane {url!r}: unknown parameter(s) {', '.join(sorted(unknown))} "
+                         "(known: prefix, heartbeat, ttl)")
+    prefix = query.get("prefix", "appserver")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
+        raise ValueError(f"--backplane {url!r}: prefix must be 1 to 64 of A-Z a-z 0-9 _ . : -")
+    try:
+        heartbeat = float(query.get("heartbeat", 2.0))
+        ttl = float(query.get("ttl", 3 * heartbeat))
+    except ValueError:
+        raise ValueError(f"--backplane {url!r}: heartbeat and ttl are seconds") from None
+    if not 0 < heartbeat < ttl:
+        raise ValueError(f"--backplane {url!r}: need 0 < heartbeat < ttl")
+    password = unquote(parts.password) if parts.password else None
+    username = unquote(parts.username) if parts.username else None
+    return RedisLocation(parts.hostname, port, db, password, username, prefix, heartbeat, ttl)
+
+
+def _encode_key(key: Hashable | None) -> bytes:
+    if key is None:
+        return b"null"
+    try:
+        return orjson.dumps(key)
+    except TypeError:
+        return orjson.dumps(repr(key))
+
+
+def _decode_key(raw: bytes) -> Hashable | None:
+    if raw == b"null":
+        return None
+    return _hashable(orjson.loads(raw))
+
+
+def _hashable(value: Any) -> Hashable:
+    if isinstance(value, list):
+        return tuple(_hashable(item) for item in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# Blocking start-up check ----------------------------------------------------
+
+def _resp_command(*args: Any) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _RespReader:
+    def __init__(self, sock: socket.socket) -> None:
+        self.file = sock.makefile("rb")
+
+    def read(self) -> Any:
+        line = self.file.readline()
+        if not line:
+            raise ConnectionError("Redis closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            raise txredisapi.ResponseError(rest.decode("utf-8", "replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            length = int(rest)
+            if length < 0:
+                return None
+            data = self.file.read(length + 2)
+            return data[:-2]
+        if kind == b"*":
+            count = int(rest)
+            return None if count < 0 else [self.read() for _ in range(count)]
+        raise ConnectionError(f"unexpected reply from Redis: {line!r}")
+
+
+def blocking_init(location: RedisLocation, epoch: str, start: int, timeout: float = 5.0) -> tuple[str, int, int]:
+    """
+    Before the reactor runs: check Redis answers and read (or set) the
+    cluster's epoch and position, so the first client already gets them.
+
+    @raise BackplaneUnavailable: with what was tried and why it failed.
+    """
+    prefix = location.prefix
+    try:
+        with socket.create_connection((location.host, location.port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            reader = _RespReader(sock)
+            if location.password is not None:
+                auth = ("AUTH", location.username, location.password) if location.username else \
+                    ("AUTH", location.password)
+                sock.sendall(_resp_command(*auth))
+                reader.read()
+            sock.sendall(_resp_command("SELECT", location.db))
+            reader.read()
+            sock.sendall(_resp_command("INFO", "server"))
+            info = reader.read()
+            version = re.search(rb"redis_version:(\d+)\.(\d+)", info or b"")
+            if version is None or (int(version.group(1)), int(version.group(2))) < (6, 2):
+                raise BackplaneUnavailable(f"the Redis server at {location} is older than 6.2; "
+                                           "appserver needs Redis 6.2 or later")
+            sock.sendall(_resp_command("EVAL", scripts.INIT.source, 3, f"{prefix}:epoch", f"{prefix}:pos",
+                                       f"{prefix}:floor", epoch, start))
+            found_epoch, position, floor = reader.read()
+    except BackplaneUnavailable:
+        raise
+    except (OSError, ConnectionError) as error:
+        raise BackplaneUnavailable(
+            f"cannot reach the Redis backplane at {location}: {error}. Start redis-server there, "
+            f"or fix --backplane (or use --backplane memory:// for a single node)") from None
+    except txredisapi.ResponseError as error:
+        raise BackplaneUnavailable(f"the Redis backplane at {location} refused: {error}") from None
+    return _text(found_epoch), int(position), int(floor)
+
+
+# Connections ----------------------------------------------------------------
+
+class _CommandFactory(txredisapi.RedisFactory):
+    """
+    One command connection; tells the backplane when it is usable or lost.
+    """
+
+    def __init__(self, owner: "RedisBackplane", location: RedisLocation) -> None:
+        super().__init__(f"{location.host}:{location.port}", location.db, 1, isLazy=True,
+                         charset=None, password=location.password, replyTimeout=10,
+                         convertNumbers=False, username=location.username)
+        self.owner = owner
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        if conn in self.pool:
+            self.owner._commands_up(conn)
+
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        self.owner._commands_down(conn)
+
+
+class _BusProtocol(txredisapi.SubscriberProtocol):
+    def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
+        self.factory.owner._bus_message(channel, message)
+
+
+class _BusFactory(txredisapi.SubscriberFactory):
+    """
+    The subscriber connection. txredisapi reconnects it but does not
+    resubscribe: the backplane does, each time it is up.
+    """
+
+    protocol = _BusProtocol
+
+    def __init__(self, owner: "RedisBackplane", location: RedisLocation) -> None:
+        super().__init__(isLazy=True)
+        self.owner = owner
+        self.charset = None
+        self.convertNumbers = False
+        self.password = location.password
+        self.username = location.username
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        if conn in self.pool:
+            self.owner._bus_up(conn)
+
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        self.owner._bus_down(conn)
+
+
+def _configure_backoff(factory: txredisapi.RedisFactory) -> None:
+    # Reconnect soon after a blip, then back off to a few seconds.
+    factory.initialDelay = 0.5
+    factory.factor = 2.0
+    factory.maxDelay = 5.0
+
+
+@implementer(IBackplane)
+class RedisBackplane:
+    """
+    Positions, history, fan-out, counts, presence and Ajax sessions shared by
+    every node that names the same Redis (and prefix).
+    """
+
+    clustered = True
+    log = Logger()
+
+    def __init__(self, location: RedisLocation, node_id: str, reactor: Any,
+                 history_size: int = 1000, history_age: float = 300.0,
+                 poll_timeout: float = 25.0) -> None:
+        if not NODE_ID_PATTERN.match(node_id):
+            raise ValueError(f"--node-id {node_id!r}: use 1 to 64 of A-Z a-z 0-9 _ -")
+        self.location = location
+        self.node_id = node_id
+        self.reactor = reactor
+        self.history_size = history_size
+        self.history_age = history_age
+        prefix = location.prefix
+        self.prefix = prefix
+        self.k_epoch = f"{prefix}:epoch"
+        self.k_pos = f"{prefix}:pos"
+        self.k_floor = f"{prefix}:floor"
+        self.k_streams = f"{prefix}:streams"
+        self.k_nodes = f"{prefix}:nodes"
+        self.node_prefix = f"{prefix}:node:"
+        self.k_node = self.node_prefix + node_id
+        # Pub/sub channels are not per database: the database number is part
+        # of their names so two clusters on one Redis stay apart.
+        channels = f"{prefix}@{location.db}"
+        self.c_bus = f"{channels}:bus".encode()
+        self.c_ctl = f"{channels}:ctl".encode()
+        self.c_self = self.node_channel(node_id)
+        self.tracker: ClientTracker | None = None
+        self.router = SessionRouter(self, reactor, poll_timeout)
+        self._commands: Any = None
+        self._bus: Any = None
+        self._subscribed = False
+        self._factories: list[txredisapi.RedisFactory] = []
+        self._heartbeat: LoopingCall | None = None
+        self._stopping = False
+        # Bus messages wait here while the node catches up after (re)subscribing.
+        self._held: list[bytes] | None = []
+        self._syncing = False
+        self._synced = False
+        self._outage_logged = False
+        self._presence_call: Any = None
+        self._dirty_rooms: set[str] = set()
+        self._full_sync_needed = True
+        #: Live nodes (other than this one) as of the last heartbeat.
+        self.live_nodes: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: "Settings", reactor: Any) -> "RedisBackplane":
+        location = parse_redis_url(settings.backplane)
+        node_id = settings.node_id or _default_node_id()
+        return cls(location, node_id, reactor, history_size=settings.history_size,
+                   history_age=settings.history_age, poll_timeout=settings.poll_timeout)
+
+    def node_channel(self, node_id: str) -> bytes:
+        return f"{self.prefix}@{self.location.db}:to:{node_id}".encode()
+
+    # Life cycle -----------------------------------------------------------
+
+    def attach(self, tracker: "ClientTracker") -> None:
+        self.tracker = tracker
+
+    def start(self) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        start = tracker.position + POSITION_GAP if tracker.position else 0
+        epoch, position, _floor = blocking_init(self.location, tracker.epoch, start)
+        if epoch != tracker.epoch or position < tracker.position:
+            tracker.resynchronise(epoch, position)
+        self.log.info("node {node} joined the Redis backplane at {location} (epoch {epoch}, position {position})",
+                      node=self.node_id, location=str(self.location), epoch=epoch, position=tracker.position)
+        endpoint = HostnameEndpoint(self.reactor, self.location.host, self.location.port, timeout=5)
+        commands = _CommandFactory(self, self.location)
+        bus = _BusFactory(self, self.location)
+        for factory in (commands, bus):
+            _configure_backoff(factory)
+            factory.startConnecting(endpoint)
+            self._factories.append(factory)
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(self.location.heartbeat, now=False).addErrback(
+            lambda failure: self.log.failure("backplane heartbeat stopped", failure))
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        self._stopping = True
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        if self._presence_call is not None and self._presence_call.active():
+            self._presence_call.cancel()
+        self.router.stop()
+        conn = self._commands
+        if conn is not None:
+            try:
+                yield self._eval(scripts.LEAVE, [self.k_nodes, self.k_node], [self.node_id])
+            except Exception:
+                self.log.info("could not remove node {node} from Redis at shutdown; it expires in {ttl}s",
+                              node=self.node_id, ttl=self.location.ttl)
+        for factory in self._factories:
+            try:
+                yield factory.disconnect()
+            except Exception:
+                pass
+        self._factories.clear()
+
+    # Connection state -----------------------------------------------------
+
+    def _commands_up(self, conn: Any) -> None:
+        def loaded(_: Any) -> None:
+            if conn.connected:
+                self._commands = conn
+                self._maybe_resync()
+
+        loads = [conn.execute_command("SCRIPT", "LOAD", script.source) for script in scripts.ALL]
+        defer.gatherResults(loads, consumeErrors=True).addCallbacks(
+            loaded, lambda failure: self.log.warn("cannot load the backplane's scripts into Redis: {error}",
+                                                  error=failure.value))
+
+    def _commands_down(self, conn: Any) -> None:
+        if self._commands is conn:
+            self._commands = None
+        self._connection_lost()
+
+    def _bus_up(self, conn: Any) -> None:
+        self._bus = conn
+        self._held = []
+
+        def subscribed(_: Any) -> None:
+            if self._bus is conn:
+                self._subscribed = True
+                self._maybe_resync()
+
+        def failed(failure: Failure) -> None:
+            self.log.warn("subscribing to the backplane's channels failed: {error}; retrying on reconnect",
+                          error=failure.value)
+            if conn.transport is not None:
+                conn.transport.loseConnection()
+
+        conn.subscribe([self.c_bus, self.c_ctl, self.c_self]).addCallbacks(subscribed, failed)
+
+    def _bus_down(self, conn: Any) -> None:
+        if self._bus is conn:
+            self._bus = None
+            self._subscribed = False
+        self._connection_lost()
+
+    def _connection_lost(self) -> None:
+        self._synced = False
+        if self._stopping or self._outage_logged:
+            return
+        self._outage_logged = True
+        self.log.warn("lost the Redis backplane at {location}: serving this node's clients only, "
+                      "reconnecting with backoff", location=str(self.location))
+
+    def _maybe_resync(self) -> None:
+        if self._commands is None or not self._subscribed or self._syncing or self._stopping:
+            return
+        self._syncing = True
+        self._resync().addBoth(self._resynced)
+
+    def _resynced(self, result: Any) -> None:
+        self._syncing = False
+        if isinstance(result, Failure):
+            self.log.warn("resynchronising with Redis failed: {error}; retrying on the next heartbeat",
+                          error=result.value)
+            return
+        self._synced = True
+        if self._outage_logged:
+            self._outage_logged = False
+            self.log.info("back on the Redis backplane at {location}: resubscribed, caught up, presence resent",
+                          location=str(self.location))
+
+    @defer.inlineCallbacks
+    def _resync(self) -> Any:
+        """
+        After every (re)connection: make sure Redis has the epoch, deliver
+        what was published while this node was not listening, then let the
+        bus flow again and resend this node's counts and presence.
+        """
+        tracker = self.tracker
+        assert tracker is not None
+        start = tracker.position + POSITION_GAP if tracker.position else 0
+        epoch, position, floor = yield self._eval(
+            scripts.INIT, [self.k_epoch, self.k_pos, self.k_floor], [tracker.epoch, start])
+        epoch, position, floor = _text(epoch), int(position), int(floor)
+        if epoch != tracker.epoch or position < tracker.position:
+            self.log.warn("the backplane is at epoch {epoch} position {position}, this node at {ours} {pos}: "
+                          "following it", epoch=epoch, position=position, ours=tracker.epoch, pos=tracker.position)
+            tracker.resynchronise(epoch, position)
+        elif position > tracker.position:
+            yield self._catch_up(tracker.position, floor)
+        self._release_held()
+        self._full_sync_needed = True
+        yield self._sync_presence()
+        yield self._refresh_live_nodes()
+
+    @defer.inlineCallbacks
+    def _catch_up(self, since: int, floor: int) -> Any:
+        tracker = self.tracker
+        assert tracker is not None
+        # Every stream this node delivers or keeps a history of: a history
+        # left with a gap would vouch for what it does not have.
+        streams = [GLOBAL_STREAM, *(set(tracker.channels) | set(tracker.histories)) - {GLOBAL_STREAM}]
+        result = yield self._replay_read(since, "+", streams)
+        recovered, messages = self._entries(result, streams, since, None)
+        for stream, message in messages:
+            if message.pos is not None and message.pos > tracker.position:
+                tracker.receive(stream, message)
+        if not recovered or since < floor:
+            # Something this node missed is gone: its histories cannot vouch
+            # for the gap, so recovery across it asks Redis (and says no).
+            tracker.resynchronise(tracker.epoch, tracker.position)
+        else:
+            # Streams without a history here were not read: not vouched for.
+            tracker._forgotten_after = max(tracker._forgotten_after, tracker.position)
+        self.log.info("caught up {count} messages published while node {node} was not listening",
+                      count=len(messages), node=self.node_id)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        for message in held or ():
+            self._deliver_bus(message)
+
+    # Redis calls ----------------------------------------------------------
+
+    def _eval(self, script: scripts.Script, keys: list[Any], args: list[Any]) -> "defer.Deferred[Any]":
+        conn = self._commands
+        if conn is None:
+            return defer.fail(BackplaneUnavailable(f"not connected to Redis at {self.location}"))
+        try:
+            return conn.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except Exception:
+            return defer.fail()
+
+    def _fire_and_forget(self, d: "defer.Deferred[Any]", what: str) -> None:
+        d.addErrback(lambda failure: self.log.warn("backplane: {what} failed: {error}",
+                                                   what=what, error=failure.value))
+
+    def publish_raw(self, channel: bytes, message: bytes) -> bool:
+        """
+        PUBLISH on a backplane channel; whether it could be sent.
+        """
+        conn = self._commands
+        if conn is None:
+            return False
+        try:
+            d = conn.execute_command("PUBLISH", channel, message)
+        except Exception:
+            return False
+        self._fire_and_forget(d, "PUBLISH")
+        return True
+
+    # Publishing -----------------------------------------------------------
+
+    def stream_key(self, stream: str) -> str:
+        return f"{self.prefix}:s:{stream}" if stream else f"{self.prefix}:global"
+
+    def publish(self, stream: str, envelope: dict[str, Any], key: Hashable | None) -> "defer.Deferred[Outgoing]":
+        tracker = self.tracker
+        assert tracker is not None
+        payload = encode(envelope)
+        if self._commands is None:
+            return defer.succeed(self._deliver_locally(stream, payload, key))
+        raw_key = _encode_key(key)
+        history_size = self.history_size if self.history_age > 0 else 0
+        created = tracker.clock()
+        start = tracker.position + POSITION_GAP if tracker.position else 0
+        d = self._eval(scripts.PUBLISH,
+                       [self.k_epoch, self.k_pos, self.k_floor, self.k_streams, self.stream_key(stream)],
+                       [tracker.epoch, start, stream, raw_key, payload, int(created * 1000), history_size,
+                        max(1, int(self.history_age * 1000)), self.c_bus])
+
+        def published(reply: list[Any]) -> Outgoing:
+            pos = int(reply[1])
+            return Outgoing(payload[:-1] + b',"pos":%d}' % pos, pos, key, created)
+
+        def failed(failure: Failure) -> Outgoing:
+            self.log.warn("publishing on {stream!r} through Redis failed ({error}): delivered on this node only",
+                          stream=stream, error=failure.value)
+            return self._deliver_locally(stream, payload, key)
+
+        return d.addCallbacks(published, failed)
+
+    def _deliver_locally(self, stream: str, payload: bytes, key: Hashable | None) -> Outgoing:
+        tracker = self.tracker
+        assert tracker is not None
+        message = Outgoing(payload, None, key, tracker.clock())
+        tracker.receive(stream, message)
+        return message
+
+    # The bus --------------------------------------------------------------
+
+    def _bus_message(self, channel: bytes, message: bytes) -> None:
+        try:
+            if channel == self.c_bus:
+                held = self._held
+                if held is not None:
+                    held.append(message)
+                else:
+                    self._deliver_bus(message)
+            elif channel == self.c_ctl:
+                self._control(message)
+            elif channel == self.c_self:
+                self.router.received(message)
+        except Exception:
+            self.log.failure("backplane message on {channel} could not be handled", channel=channel)
+
+    def _deliver_bus(self, raw: bytes) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        epoch, pos_text, stream, key, payload = raw.split(b"\n", 4)
+        pos = int(pos_text)
+        if epoch.decode() != tracker.epoch:
+            self.log.warn("the backplane's epoch changed to {epoch}: positions start over", epoch=epoch.decode())
+            tracker.resynchronise(epoch.decode(), pos - 1)
+        elif pos <= tracker.position:
+            # Already delivered by a catch-up.
+            return
+        tracker.receive(stream.decode(), Outgoing(payload, pos, _decode_key(key), tracker.clock()))
+
+    def _control(self, raw: bytes) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        op, target, payload = raw.split(b"\n", 2)
+        if op == b"room":
+            tracker.deliver_to_room(target.decode(), Outgoing(payload))
+        elif op == b"send":
+            client = tracker.clients.get(target.decode())
+            if client is not None:
+                client.deliver(Outgoing(payload), tracker.limits.default_policy)
+
+    # Rooms and direct messages -------------------------------------------
+
+    def send_to_room(self, room: str, envelope: dict[str, Any]) -> int:
+        tracker = self.tracker
+        assert tracker is not None
+        payload = encode(envelope)
+        if not self.publish_raw(self.c_ctl, b"room\n%s\n%s" % (room.encode(), payload)):
+            return tracker.deliver_to_room(room, Outgoing(payload))
+        return len(tracker.rooms.get(room, ()))
+
+    def send_to_remote(self, client_id: str, envelope: dict[str, Any]) -> bool:
+        if "\n" in client_id:
+            return False
+        return self.publish_raw(self.c_ctl, b"send\n%s\n%s" % (client_id.encode(), encode(envelope)))
+
+    # Counts and presence --------------------------------------------------
+
+    def counts_changed(self) -> None:
+        self._schedule_presence()
+
+    def presence_changed(self, room: str) -> None:
+        self._dirty_rooms.add(room)
+        self._schedule_presence()
+
+    def _schedule_presence(self) -> None:
+        if self._presence_call is None and not self._stopping:
+            # Once per reactor turn, however many clients came and went.
+            self._presence_call = self.reactor.callLater(0, self._flush_presence)
+
+    def _flush_presence(self) -> None:
+        self._presence_call = None
+        if self._commands is not None and self._synced:
+            self._fire_and_forget(self._sync_presence(), "sharing this node's counts and presence")
+
+    def _room_field(self, room: str) -> tuple[str, bytes]:
+        tracker = self.tracker
+        assert tracker is not None
+        members = tracker.rooms.get(room)
+        return "r:" + room, (orjson.dumps(sorted(members.values())) if members else b"")
+
+    @defer.inlineCallbacks
+    def _sync_presence(self) -> Any:
+        tracker = self.tracker
+        assert tracker is not None
+        full = self._full_sync_needed
+        rooms = list(tracker.rooms) if full else list(self._dirty_rooms)
+        self._dirty_rooms.clear()
+        self._full_sync_needed = False
+        fields: list[Any] = []
+        for room in rooms:
+            fields.extend(self._room_field(room))
+        try:
+            done = yield self._eval(scripts.SYNC_NODE, [self.k_nodes, self.k_node],
+                                    [self.node_id, NODE_HASH_TTL_MS, 1 if full else 0,
+                                     orjson.dumps(tracker.count_by_transport()), *fields])
+        except Exception:
+            # Try again with everything next time.
+            self._full_sync_needed = True
+            raise
+        if not done:
+            # Our hash is gone (Redis restarted, or we were taken for dead).
+            self._full_sync_needed = True
+            yield self._sync_presence()
+
+    def _beat(self) -> Any:
+        if self._commands is None:
+            return None
+        if not self._synced:
+            self._maybe_resync()
+            return None
+        d = self._sync_presence()
+        d.addCallback(lambda _: self._reap())
+        d.addCallback(lambda _: self._refresh_live_nodes())
+        d.addErrback(lambda failure: self.log.warn("backplane heartbeat failed: {error}", error=failure.value))
+        return d
+
+    @defer.inlineCallbacks
+    def _reap(self) -> Any:
+        dead = yield self._eval(scripts.REAP, [self.k_nodes], [self.node_prefix, int(self.location.ttl * 1000)])
+        for entry in dead or ():
+            node = _text(entry[0])
+            left = 0
+            for i in range(1, len(entry) - 1, 2):
+                room = _text(entry[i])
+                for username in orjson.loads(entry[i + 1]):
+                    left += 1
+                    self.send_to_room(room, {"type": "leave", "data": {"room": room, "username": username}})
+            self.log.warn("node {node} stopped refreshing its presence for {ttl}s: removed from the cluster "
+                          "({left} room members announced as left)", node=node, ttl=self.location.ttl, left=left)
+
+    @defer.inlineCallbacks
+    def _refresh_live_nodes(self) -> Any:
+        view = yield self._view("counts")
+        self.live_nodes = set(view)
+
+    def _view(self, field: str) -> "defer.Deferred[dict[str, bytes]]":
+        d = self._eval(scripts.CLUSTER_VIEW, [self.k_nodes],
+                       [self.node_prefix, int(self.location.ttl * 1000), self.node_id, field])
+        return d.addCallback(lambda flat: {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)})
+
+    def cluster_counts(self) -> "defer.Deferred[dict[str, int]]":
+        tracker = self.tracker
+        assert tracker is not None
+        if self._commands is None:
+            return defer.succeed({**tracker.count_by_transport(), "nodes": 1})
+
+        def summed(view: dict[str, bytes]) -> dict[str, int]:
+            self.live_nodes = set(view)
+            totals = dict(tracker.count_by_transport())
+            for raw in view.values():
+                if raw:
+                    for transport, count in orjson.loads(raw).items():
+                        totals[transport] = totals.get(transport, 0) + int(count)
+            totals["nodes"] = 1 + len(view)
+            return totals
+
+        def failed(failure: Failure) -> dict[str, int]:
+            self.log.warn("reading the cluster's counts failed ({error}): this node's only", error=failure.value)
+            return {**tracker.count_by_transport(), "nodes": 1}
+
+        return self._view("counts").addCallbacks(summed, failed)
+
+    def room_members(self, room: str) -> "defer.Deferred[list[str]]":
+        tracker = self.tracker
+        assert tracker is not None
+        if self._commands is None:
+            return defer.succeed(tracker.local_room_members(room))
+
+        def merged(view: dict[str, bytes]) -> list[str]:
+            names = list(tracker.rooms.get(room, {}).values())
+            for raw in view.values():
+                if raw:
+                    names.extend(orjson.loads(raw))
+            return sorted(names)
+
+        def failed(failure: Failure) -> list[str]:
+            self.log.warn("reading room {room!r} from Redis failed ({error}): this node's members only",
+                          room=room, error=failure.value)
+            return tracker.local_room_members(room)
+
+        return self._view("r:" + room).addCallbacks(merged, failed)
+
+    def room_size(self, room: str) -> "defer.Deferred[int]":
+        return self.room_members(room).addCallback(len)
+
+    # Recovery -------------------------------------------------------------
+
+    def replay(self, client: "Client", epoch: Any, since: Any, channels: Iterable[str],
+               connected_at: int) -> "bool | defer.Deferred[bool]":
+        tracker = self.tracker
+        assert tracker is not None
+        channels = list(channels)
+        if (epoch != tracker.epoch or isinstance(since, bool) or not isinstance(since, int) or since < 0
+                or self._commands is None):
+            return tracker.replay_local(client, epoch, since, channels, connected_at)
+        if since <= tracker.position:
+            complete, missed = tracker.missed_since(since, channels, connected_at)
+            if complete:
+                policy = tracker.limits.default_policy
+                for message in missed:
+                    client.deliver(message, policy)
+                tracker.events.recovery(client, True)
+                return True
+        # This node's histories do not reach back to `since`: read Redis's.
+        # Meanwhile the client gets no live message of these channels (it
+        # would arrive before older ones); it rejoins them when the replay
+        # is delivered.
+        detached = []
+        for channel in channels:
+            subscribers = tracker.channels.get(channel)
+            if subscribers is not None and client in subscribers:
+                del subscribers[client]
+                detached.append(channel)
+        streams = [GLOBAL_STREAM, *channels]
+        d = self._replay_read(since, str(connected_at), streams)
+        d.addCallback(self._replayed, client, since, streams, connected_at)
+        d.addErrback(self._replay_failed, client, epoch, since, channels, connected_at)
+        d.addBoth(self._reattach, client, detached)
+        return d
+
+    def _replay_read(self, since: int, first_upper: str, streams: list[str]) -> "defer.Deferred[Any]":
+        keys = [self.k_epoch, self.k_pos, self.k_floor, self.k_streams, *map(self.stream_key, streams)]
+        return self._eval(scripts.REPLAY, keys, [since, first_upper, *streams])
+
+    def _entries(self, result: list[Any], streams: list[str], since: int,
+                 upto: int | None) -> tuple[bool, list[tuple[str, Outgoing]]]:
+        """
+        Decode a REPLAY answer: whether it is complete after C{since}, and its
+        unexpired messages (channel ones up to C{upto}) in position order.
+        """
+        tracker = self.tracker
+        assert tracker is not None
+        recovered = since >= int(result[2])
+        horizon_ms = (tracker.clock() - self.history_age) * 1000
+        found: list[tuple[str, Outgoing]] = []
+        for stream, (last, gone, exists, entries) in zip(streams, result[3:]):
+            if int(last) <= since:
+                continue
+            if since < int(gone) or not exists:
+                recovered = False
+            for entry_id, fields in entries:
+                pos = int(entry_id.split(b"-", 1)[0])
+                if upto is not None and stream != GLOBAL_STREAM and pos > upto:
+                    continue
+                values = dict(zip(fields[::2], fields[1::2]))
+                created_ms = int(values.get(b"t", 0))
+                if created_ms < horizon_ms:
+                    recovered = False
+                    continue
+                found.append((stream, Outgoing(values[b"p"], pos, _decode_key(values.get(b"k", b"null")),
+                                               created_ms / 1000)))
+        found.sort(key=lambda item: item[1].pos or 0)
+        return recovered, found
+
+    def _replayed(self, result: list[Any], client: "Client", since: int, streams: list[str],
+                  connected_at: int) -> bool:
+        tracker = self.tracker
+        assert tracker is not None
+        epoch, cluster_position = _text(result[0]), int(result[1])
+        if epoch != tracker.epoch or since > cluster_position:
+            tracker.events.recovery(client, False)
+            return False
+        recovered, found = self._entries(result, streams, since, tracker.position)
+        by_position = {message.pos: message for _, message in found}
+        _, local = tracker.missed_since(since, streams[1:], connected_at)
+        for message in local:
+            by_position[message.pos] = message
+        policy = tracker.limits.default_policy
+        if not client.closed:
+            for pos in sorted(by_position):
+                client.deliver(by_position[pos], policy)
+        tracker.events.recovery(client, recovered)
+        return recovered
+
+    def _replay_failed(self, failure: Failure, client: "Client", epoch: Any, since: int,
+                       channels: list[str], connected_at: int) -> bool:
+        self.log.warn("reading missed messages from Redis failed ({error}): replaying this node's history only",
+                      error=failure.value)
+        tracker = self.tracker
+        assert tracker is not None
+        tracker.replay_local(client, epoch, since, channels, connected_at)
+        return False
+
+    def _reattach(self, result: Any, client: "Client", detached: list[str]) -> Any:
+        tracker = self.tracker
+        assert tracker is not None
+        if not client.closed:
+            for channel in detached:
+                if channel in client.channels:
+                    tracker.channels.setdefault(channel, {})[client] = None
+        return result
+
+    # Ajax sessions --------------------------------------------------------
+
+    def new_session_id(self) -> str:
+        return f"{self.node_id}.{secrets.token_urlsafe(18)}"
+
+    def attach_ajax(self, root: "Resource") -> None:
+        self.router.root = root
+
+    def route_session_request(self, resource: Any, request: "Request", session_id: str) -> "bytes | int | None":
+        home, dot, _ = session_id.partition(".")
+        if not dot or home == self.node_id or not NODE_ID_PATTERN.match(home) or self._commands is None:
+            return None
+        return self.router.forward(home, resource, request)
+
+    def is_live(self, node_id: str) -> "defer.Deferred[bool]":
+        """
+        Whether a node's heartbeat is recent (from the last heartbeat's
+        view, else asking Redis).
+        """
+        if node_id in self.live_nodes:
+            return defer.succeed(True)
+        return self._refresh_live_nodes().addCallback(lambda _: node_id in self.live_nodes)
+
+
+def _default_node_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "node"
+    return f"{host}-{secrets.token_hex(3)}"
+
