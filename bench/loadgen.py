@@ -193,10 +193,15 @@ if picows is not None:
 class Publisher:
     """Closed-loop sender: keeps ``inflight`` broadcasts outstanding until told to stop.
 
-    A broadcast is complete when every worker has reported it.  One that is not
-    complete after ``msg_timeout`` seconds is abandoned (counted in
-    ``stalled``) so a lost message cannot freeze the loop; the workers count the
-    loss itself.
+    A broadcast is complete when every worker has reported it.  A lost message
+    must not freeze the loop, so an outstanding broadcast is abandoned (counted
+    in ``stalled``; the workers count the loss itself) as soon as a later one
+    completes: every connection receives ids in order, and each worker reports
+    them in that order, so an earlier id still outstanding then can only be
+    missing somewhere.  ``msg_timeout`` is only a safety net for a loop where
+    nothing completes any more; it is long because a slow, overloaded server
+    is not a lossy one, and abandoning on a short timer would add load
+    exactly when the server is behind.
     """
 
     transport: Any
@@ -246,6 +251,10 @@ class Publisher:
                 reports.pop(msg_id, None)
                 del inflight[msg_id]
                 self.completed += 1
+                for older in [m for m in inflight if m < msg_id]:  # ids were inserted in increasing order
+                    del inflight[older]
+                    reports.pop(older, None)
+                    self.stalled += 1
             else:
                 reports[msg_id] = count
         self._fill()

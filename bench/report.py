@@ -195,8 +195,8 @@ def render_markdown(groups: Sequence[GroupResult], servers: Sequence[str], refer
         lines.append("")
 
     problems = [f"{g.server} {g.transport} N={g.clients} run {g.run + 1}: {g.error}" for g in groups if g.error]
-    problems += [f"{c.server} N={c.clients} in-flight {c.inflight}: {c.stalled} broadcasts abandoned after the "
-                 f"message timeout" for c in cells if c.stalled]
+    problems += [f"{c.server} N={c.clients} in-flight {c.inflight}: {c.stalled} broadcasts never reached every "
+                 f"client (the closed loop moved on without them)" for c in cells if c.stalled]
     noisy = [c for c in cells if c.other_cpu_pct > NOISY_OTHER_CPU_PCT]
     if noisy:
         worst = max(noisy, key=lambda c: c.other_cpu_pct)

@@ -116,6 +116,41 @@ def test_an_authenticator_refusal_is_403_and_its_attributes_are_kept():
     assert ajax.runtime.tracker.get(session).attributes == {"user": "ann", "origin_seen": None}
 
 
+def test_an_authenticator_that_crashes_is_a_500_that_opens_nothing():
+    app = App().include(chat_app)
+
+    @app.authenticate
+    def crash(info):
+        raise RuntimeError("auth backend down")
+
+    ajax = AjaxStub(make_runtime(app=app))
+    with capturedLogs():
+        answer = ajax.call("POST", "/connect")
+    assert error(answer, 500) == "internal_error" and b"backend" not in answer.body
+    assert ajax.runtime.tracker.client_count == 0 and ajax.runtime.limiter.total == 0
+
+
+def test_a_caller_that_leaves_while_authentication_is_pending_gets_no_session():
+    from twisted.internet import defer
+    decisions = []
+    app = App().include(chat_app)
+
+    @app.authenticate
+    def later(info):
+        decisions.append(defer.Deferred())
+        return decisions[-1]
+
+    ajax = AjaxStub(make_runtime(app=app))
+    ajax.start("POST", "/connect")
+    ajax.flush()
+    for pump in list(ajax.treq._agent._pumps):
+        pump.clientIO.loseConnection()
+        pump.flush()
+    decisions[0].callback({"user": "ann"})
+    ajax.flush()
+    assert ajax.runtime.tracker.client_count == 0 and ajax.runtime.limiter.total == 0
+
+
 # send -----------------------------------------------------------------------------------
 
 

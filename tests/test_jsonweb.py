@@ -238,3 +238,16 @@ def test_get_disconnect_without_callback_is_405_with_allow(ajax):
     assert_json_error(answer, 405, "method_not_allowed")
     assert "POST" in answer.headers["allow"]
     assert ajax.runtime.tracker.client_count == 1
+
+
+def test_an_app_route_gets_utf8_query_names_and_skips_undecodable_ones():
+    from appserver.app import App
+    app = App()
+
+    @app.route("/echo")
+    def echo(request):
+        return request.args
+
+    ajax = AjaxStub(make_runtime(app=app))
+    answer = ajax.call("GET", "/echo?caf%C3%A9=1&x=2&bad%ff=3&callback=cb")
+    assert answer.jsonp("cb") == {"caf\u00e9": "1", "x": "2"}

@@ -87,7 +87,7 @@ async def test_json_log_lines_carry_connection_fields_and_no_bodies(server_proce
 
     session_open = one(events, "Ajax session open")
     assert (session_open["transport"], session_open["origin"]) == ("ajax", origin)
-    assert session_open["peer"].startswith("tcp:127.0.0.1:")
+    assert session_open["peer"].startswith("tcp4:127.0.0.1:")
     session_closed = one(events, "Ajax session closed")
     assert (session_closed["transport"], session_closed["code"]) == ("ajax", 1000)
 

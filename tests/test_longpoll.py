@@ -394,3 +394,25 @@ def test_jsonp_errors_of_the_session_endpoints_come_through_the_callback(ajax):
     for path, params in (("/poll", {"since": "x"}), ("/send", {"msg": "{}"}), ("/disconnect", {})):
         body = ajax.call("GET", path, {"session": "gone", "callback": "cb", **params}).jsonp("cb")
         assert body["status"] in (400, 410) and "error" in body
+
+
+# Recovery ------------------------------------------------------------------------------------
+
+
+def test_an_ajax_client_that_reconnects_resumes_what_it_missed(ajax):
+    first = ajax.connect()
+    welcome, _ = drain(ajax, first)
+    epoch = welcome[0]["data"]["epoch"]
+    ajax.send(first, {"type": "subscribe", "data": {"channel": "news"}})
+    ajax.runtime.tracker.publish("news", "seen")
+    messages, _ = drain(ajax, first)
+    since = messages[-1]["pos"]
+    ajax.call("POST", "/disconnect", {"session": first})
+    ajax.runtime.tracker.publish("news", "missed")
+    chat(ajax, "missed too")
+    second = ajax.connect()
+    ajax.send(second, {"type": "resume", "data": {"epoch": epoch, "since": since, "channels": ["news"]}})
+    messages, _ = drain(ajax, second)
+    assert [m["type"] for m in messages] == ["welcome", "message", "chat", "resumed"]
+    assert [m["data"] for m in messages[1:3]] == ["missed", "missed too"]
+    assert messages[-1]["data"]["recovered"] is True

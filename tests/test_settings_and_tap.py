@@ -7,7 +7,6 @@ name the option at fault.
 import pytest
 from twisted.python import usage
 
-from appserver.app import App
 from appserver.service import AppServerService
 from appserver.settings import OPTION_SPECS, Settings, SettingsError, parse_size
 from appserver.tap import Options, makeService
@@ -181,4 +180,3 @@ def test_the_plugin_is_found_and_loads_lazily():
     makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
     assert makers["appserver"].module == "appserver.tap"
     assert isinstance(makers["appserver"].options(), usage.Options)
-    assert isinstance(App(), App)

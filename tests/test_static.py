@@ -129,6 +129,7 @@ async def test_head_answers_headers_only(server_factory, reactor):
     assert status == 200 and body == b""
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:twisted.web.server")
 @pytest_twisted.ensureDeferred
 async def test_post_to_a_page_is_405(server_factory, reactor):
     server = await server_factory()

@@ -278,6 +278,23 @@ def test_a_peer_vanishing_during_the_handshake_releases_its_slot(harness_factory
     assert count(ws) == 0 and ws.runtime.limiter.total == 0
 
 
+def test_a_peer_that_leaves_while_authentication_is_pending_is_never_registered(harness_factory):
+    decisions = []
+    app = App("slow-auth").include(chat_app)
+
+    @app.authenticate
+    def later(info):
+        decisions.append(defer.Deferred())
+        return decisions[-1]
+
+    ws = harness_factory(app=app)
+    connection = ws.connect()
+    connection.reset()
+    decisions[0].callback({"user": "ann"})
+    ws.flush()
+    assert count(ws) == 0 and ws.runtime.limiter.total == 0
+
+
 def test_a_ping_timeout_drops_a_dead_peer_and_unregisters(harness_factory):
     ws = harness_factory(ping_interval=20.0, ping_timeout=10.0)
     connection = ws.connect()
@@ -356,6 +373,20 @@ def test_authentication_refusal_is_403_and_releases_the_slot(harness_factory):
     ws.connect(path="/?token=good")
     (client,) = ws.runtime.tracker.clients.values()
     assert client.attributes == {"user": "ann"}
+
+
+def test_an_authenticator_that_crashes_refuses_and_releases_the_slot(harness_factory):
+    app = App("crashing-auth").include(chat_app)
+
+    @app.authenticate
+    def crash(info):
+        raise RuntimeError("auth backend down")
+
+    ws = harness_factory(app=app)
+    with capturedLogs():
+        connection = ws.connect()
+    assert not connection.client.opened and connection.disconnected
+    assert count(ws) == 0 and ws.runtime.limiter.total == 0
 
 
 # Backpressure ------------------------------------------------------------------------------------

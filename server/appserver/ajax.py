@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -30,10 +31,16 @@ __all__ = ["build_ajax_resource"]
 
 
 def _peer(request: Request) -> str:
+    """
+    The client's address written as Autobahn writes WebSocket peers
+    (C{tcp4:127.0.0.1:50996}), so chat lines look the same on every transport.
+    """
     address = request.getClientAddress()
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    return f"tcp:{host}:{port}" if host is not None else str(address)
+    if isinstance(address, IPv4Address):
+        return f"tcp4:{address.host}:{address.port}"
+    if isinstance(address, IPv6Address):
+        return f"tcp6:{address.host}:{address.port}"
+    return str(address)
 
 
 def _json_body(request: Request) -> Any:
@@ -169,7 +176,13 @@ class Connect(JSONResource):
             "path": "/connect",
         }
 
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
         def decided(attributes: dict[str, Any] | None) -> Any:
+            if gone:
+                # The caller left while the application decided: nobody would learn the session.
+                return None
             if attributes is None:
                 raise HTTPError(403, "authentication_refused", "the application refused this connection")
             return self._open(request, ip, origin, attributes)

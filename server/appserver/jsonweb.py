@@ -310,6 +310,10 @@ class LimitedRequest(Request):
         super().handleContentChunk(data)
 
 
+# Module level: a Logger class attribute takes its class's name as namespace.
+_access_log = Logger(namespace="appserver.access")
+
+
 class LoggingSite(Site):
     """
     A Site whose access log goes through twisted.logger as structured
@@ -318,7 +322,6 @@ class LoggingSite(Site):
     """
 
     requestFactory = LimitedRequest
-    access = Logger(namespace="appserver.access")
 
     def __init__(self, resource: Resource, max_body_size: int | None = None,
                  access_log: bool = True, **kwargs: Any) -> None:
@@ -329,7 +332,7 @@ class LoggingSite(Site):
     def log(self, request: Request) -> None:
         if not self.access_log:
             return
-        self.access.info(
+        _access_log.info(
             '{client} "{method} {uri} {protocol}" {code} {length}',
             client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-",
             method=request.method.decode("latin-1"),

@@ -67,6 +67,8 @@ POSITION_GAP = 1000
 #: How long a node's hash outlives its last heartbeat, so that whoever reaps
 #: a dead node can still tell its rooms who left.
 NODE_HASH_TTL_MS = 60_000
+#: Seconds a shutdown waits for Redis before going anyway.
+STOP_TIMEOUT = 2.0
 
 
 class RedisLocation:
@@ -389,19 +391,20 @@ class RedisBackplane:
         if self._presence_call is not None and self._presence_call.active():
             self._presence_call.cancel()
         self.router.stop()
-        conn = self._commands
-        if conn is not None:
+        # Shutdown must not hang on a Redis that is gone: bounded waits.
+        if self._commands is not None:
             try:
-                yield self._eval(scripts.LEAVE, [self.k_nodes, self.k_node], [self.node_id])
+                yield self._eval(scripts.LEAVE, [self.k_nodes, self.k_node], [self.node_id]).addTimeout(
+                    STOP_TIMEOUT, self.reactor)
             except Exception:
-                self.log.info("could not remove node {node} from Redis at shutdown; it expires in {ttl}s",
+                self.log.info("could not remove node {node} from Redis at shutdown; it drops out within {ttl}s",
                               node=self.node_id, ttl=self.location.ttl)
-        for factory in self._factories:
+        factories, self._factories = self._factories, []
+        for factory in factories:
             try:
-                yield factory.disconnect()
+                yield factory.disconnect().addTimeout(STOP_TIMEOUT, self.reactor)
             except Exception:
                 pass
-        self._factories.clear()
 
     # Connection state -----------------------------------------------------
 
@@ -803,6 +806,8 @@ class RedisBackplane:
                 del subscribers[client]
                 detached.append(channel)
         streams = [GLOBAL_STREAM, *channels]
+        self.log.info("client {client_id} resumes from position {since}, before this node's history: "
+                      "reading Redis's", client_id=client.client_id, since=since)
         d = self._replay_read(since, str(connected_at), streams)
         d.addCallback(self._replayed, client, since, streams, connected_at)
         d.addErrback(self._replay_failed, client, epoch, since, channels, connected_at)

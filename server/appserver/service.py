@@ -176,7 +176,7 @@ class AppServerService(MultiService):
     # Life cycle -----------------------------------------------------------
 
     def startService(self) -> None:
-        if self.settings.state_file:
+        if self._state_file():
             # Before listening: the first client must already see the old epoch.
             load_state(self.runtime.tracker, self.settings.state_file)
         # Before listening too: a Redis backplane that cannot be reached stops
@@ -254,6 +254,18 @@ class AppServerService(MultiService):
                 yield defer.maybeDeferred(hook, tracker, self.reactor)
             except Exception:
                 self.log.failure("shutdown hook failed")
-        if self.settings.state_file:
+        if self._state_file():
             save_state(tracker, self.settings.state_file)
         yield tracker.backplane.stop()
+
+    def _state_file(self) -> str | None:
+        """
+        The C{--state-file} to use: none with a clustered backplane, which
+        keeps epoch, positions and histories itself.
+        """
+        path = self.settings.state_file
+        if path and self.runtime.tracker.backplane.clustered:
+            self.log.warn("--state-file {path} is ignored: the {backplane} backplane keeps the stream",
+                          path=path, backplane=self.settings.backplane)
+            return None
+        return path

@@ -1,7 +1,7 @@
 """
 Test clients for the core server, in memory and over real sockets.
 
-The only helper module the core suite adds, so it holds three things:
+The only helper module the core suite adds, so it holds four things:
 
   - L{make_runtime}: a L{Runtime} on a L{MemoryReactorClock}, as the sites
     get it from the service, with the three default ports "listening";
