@@ -4,7 +4,8 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 TWISTD ?= $(PYTHON) -c "from twisted.scripts.twistd import run; run()"
-RUN_ARGS ?= --app appserver.apps.gallery:app
+APP ?= appserver.apps.gallery:app
+RUN_ARGS ?=
 
 .PHONY: install install-test system-deps run test test-python test-js bench clean
 
@@ -19,7 +20,7 @@ install-test: install system-deps
 	$(PIP) install -q -e '.[test]'
 
 run: install
-	$(TWISTD) --pidfile= -n appserver $(RUN_ARGS)
+	$(TWISTD) --pidfile= -n appserver --app $(APP) $(RUN_ARGS)
 
 test: install-test test-python test-js
 

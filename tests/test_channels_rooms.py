@@ -8,8 +8,8 @@ Ajax transport as well as WebSocket.
 
 from __future__ import annotations
 
+import io
 import json
-import socket
 
 import pytest
 import pytest_twisted
@@ -415,27 +415,28 @@ async def test_publish_without_a_token_configured_is_open_to_loopback(server_fac
     assert (await expect_type(reader, reactor, "message"))["data"] == "from a cron job"
 
 
-def _non_loopback_address():
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.1", 9))          # no packet is sent for UDP connect
-        address = probe.getsockname()[0]
-    except OSError:
-        return None
-    finally:
-        probe.close()
-    return None if address.startswith("127.") else address
+def test_publish_without_a_token_configured_is_refused_to_other_hosts():
+    """
+    Run through Twisted's request fake with a remote client address: the
+    test sends no traffic beyond loopback.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.web.test.requesthelper import DummyRequest
 
+    from appserver.ajax import build_ajax_resource
+    from appserver.apps.chat import app as chat_app
+    from appserver.runtime import build_runtime
+    from appserver.settings import Settings
 
-@pytest_twisted.ensureDeferred
-async def test_publish_without_a_token_configured_is_refused_to_other_hosts(server_factory):
-    address = _non_loopback_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address")
-    server = await server_factory(ajax=f"tcp:0:interface={address}")
-    code, body = await post_publish(server, {"channel": "alerts", "data": 1},
-                                    url=f"http://{address}:{server.port('ajax')}")
-    assert code == 403 and "publish-token" in body["error"]["message"]
+    runtime = build_runtime(Settings(), chat_app, MemoryReactorClock())
+    publish = build_ajax_resource(runtime).children[b"publish"]
+    request = DummyRequest([])
+    request.method = b"POST"
+    request.client = IPv4Address("TCP", "203.0.113.7", 40000)
+    request.content = io.BytesIO(b'{"channel": "alerts", "data": 1}')
+    body = json.loads(publish.render(request))
+    assert request.responseCode == 403 and "publish-token" in body["error"]["message"]
 
 
 @pytest.mark.parametrize("body", [{"data": 1}, {"channel": "bad name", "data": 1}, ["alerts"],

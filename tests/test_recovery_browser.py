@@ -24,11 +24,9 @@ import urllib.request
 import pytest
 
 pytest.importorskip("playwright")
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+from support.browser import browser, new_page  # noqa: E402,F401  (fixtures)
 
 GATE = """
 (function () {
@@ -97,40 +95,34 @@ def lines(*texts: str) -> list[re.Pattern[str]]:
 
 
 @pytest.mark.browser
-def test_the_chat_page_recovers_every_line_said_while_it_was_reconnecting(server_process, tmp_path):
+def test_the_chat_page_recovers_every_line_said_while_it_was_reconnecting(server_process, new_page, tmp_path):
     ports = free_ports(4)
     options = [*fixed_ports(ports[:3]), "--state-file", str(tmp_path / "state.json"), "--shutdown-timeout", "2"]
     first = server_process(*options)
+    page = new_page(first.url("static") + "/", init_script=GATE % {"dead_port": ports[3]})
+    status, log = page.locator("#status"), page.locator("#content li")
+    expect(status).to_have_text("connected over websocket")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.add_init_script(GATE % {"dead_port": ports[3]})
-            page.goto(first.url("static") + "/")
-            status, log = page.locator("#status"), page.locator("#content li")
-            expect(status).to_have_text("connected over websocket", timeout=10_000)
+    sender = ChatSender(first.url("ajax"))
+    sender.say("before the restart")
+    expect(log).to_have_text(lines("before the restart"))
 
-            sender = ChatSender(first.url("ajax"))
-            sender.say("before the restart")
-            expect(log).to_have_text(lines("before the restart"))
+    page.evaluate("window.__gate.closed = true")
+    assert first.terminate() is not None, "the server did not stop"
+    expect(status).to_have_text("reconnecting…")
 
-            page.evaluate("window.__gate.closed = true")
-            assert first.terminate() is not None, "the server did not stop"
-            expect(status).to_have_text("reconnecting…")
+    second = server_process(*options)
+    assert second.ports == first.ports
+    sender = ChatSender(second.url("ajax"))
+    sender.say("while the page was away 1")
+    sender.say("while the page was away 2")
+    expect(status).to_have_text("reconnecting…")     # the page really was away
 
-            second = server_process(*options)
-            assert second.ports == first.ports
-            sender = ChatSender(second.url("ajax"))
-            sender.say("while the page was away 1")
-            sender.say("while the page was away 2")
-            expect(status).to_have_text("reconnecting…")     # the page really was away
-
-            page.evaluate("window.__gate.closed = false")
-            expect(status).to_have_text(re.compile("^connected over (websocket|ajax)$"), timeout=20_000)
-            sender.say("after the page came back")
-            expect(log).to_have_text(lines("before the restart", "while the page was away 1",
-                                           "while the page was away 2", "after the page came back"))
-            sender.leave()
-        finally:
-            browser.close()
+    page.evaluate("window.__gate.closed = false")
+    # The next attempt comes after the client's backoff (at most 10 s).
+    expect(status).to_have_text(re.compile("^connected over (websocket|ajax)$"), timeout=20_000)
+    sender.say("after the page came back")
+    expect(log).to_have_text(lines("before the restart", "while the page was away 1",
+                                   "while the page was away 2", "after the page came back"))
+    sender.leave()
+    assert page.errors == []

@@ -20,7 +20,7 @@ from twisted.internet.task import LoopingCall
 
 from support.proxy import start_proxy
 from support.recovering_client import RecoveringAjax, RecoveringWebSocket
-from support.wsclient import open_client, next_message, sleep, wait_until
+from support.wsclient import next_message, open_client, wait_until
 
 #: Short liveness settings, so a dead peer is found in well under a second.
 PING_INTERVAL = 0.3

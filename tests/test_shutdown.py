@@ -25,7 +25,7 @@ from twisted.internet import defer
 from appserver.persistence import load_state, save_state
 from appserver.tracker import ClientTracker, TrackerLimits
 from support.recovering_client import RecoveringAjax, RecoveringWebSocket
-from support.wsclient import has_fired, next_message, open_client, sleep, wait_closed, wait_until
+from support.wsclient import has_fired, next_message, open_client, sleep, wait_closed
 
 SHUTDOWN_TIMEOUT = 2.0
 #: Python start-up and teardown of the twistd process on top of the
@@ -159,7 +159,7 @@ async def test_without_a_state_file_a_restarted_node_is_a_new_epoch_and_says_not
     first = server_process(*fixed_ports(ports), "--shutdown-timeout", str(SHUTDOWN_TIMEOUT))
     client = clients(RecoveringWebSocket(reactor, first.url("ws"), channels=["news"], auto_reconnect=False))
     await client.start()
-    await sleep(reactor, 0.1)
+    await client.wait_for(lambda: client.of_type("subscribed"))
     for n in (1, 2, 3):
         await publish(first, "news", n)
     await client.wait_for(lambda: len(client.delivered) == 3)
@@ -193,7 +193,8 @@ async def test_with_a_state_file_clients_recover_exactly_what_they_missed_across
     left = clients(RecoveringAjax(reactor, first.url("ajax"), channels=["news"], auto_reconnect=False))
     await stayed.start()
     await left.start()
-    await sleep(reactor, 0.1)
+    for client in (stayed, left):
+        await client.wait_for(lambda: client.of_type("subscribed"))
     before = [await publish(first, "news", n) for n in (1, 2)]
     await left.wait_for(lambda: len(left.delivered) == 2)
     await stayed.wait_for(lambda: len(stayed.delivered) == 2)
@@ -220,12 +221,15 @@ async def test_with_a_state_file_clients_recover_exactly_what_they_missed_across
     await stayed.wait_for(lambda: stayed.resumed and len(stayed.delivered) == 6, what="stayed recovered")
     await left.wait_for(lambda: left.resumed and len(left.delivered) == 6, what="left recovered")
 
+    expected_positions = [p["pos"] for p in before + missed] + [missed[-1]["pos"] + 1, after["pos"]]
     for client in (stayed, left):
         assert [r["recovered"] for r in client.resumed] == [True]
-        assert client.data() == [1, 2, 3, 4, "Message from " + client.data()[4].split("Message from ")[1], 5]
+        assert client.positions == expected_positions
+        data = client.data()
+        assert data[:4] == [1, 2, 3, 4] and data[5] == 5
+        assert data[4].startswith("Message from ") and data[4].endswith(" : said before the restart")
         assert len(client.received) == len(set(client.received))
-    assert [p["pos"] for p in before + missed] == [m["pos"] for m in left.delivered if m["type"] == "message"][:4]
-    assert stayed.epoch == left.epoch and stayed.resumed[0]["epoch"] == stayed.epoch
+    assert stayed.epoch == left.epoch == stayed.resumed[0]["epoch"]
 
 
 # The state file itself --------------------------------------------------------------------------

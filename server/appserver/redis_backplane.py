@@ -159,6 +159,9 @@ def _text(value: Any) -> str:
 # Blocking start-up check ----------------------------------------------------
 
 def _resp_command(*args: Any) -> bytes:
+    """
+    One command in Redis's protocol; arguments are bytes, text or integers.
+    """
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
@@ -234,10 +237,107 @@ def blocking_init(location: RedisLocation, epoch: str, start: int, timeout: floa
 
 # Connections ----------------------------------------------------------------
 
+_INCOMPLETE = object()
+
+
+class ReplyReader:
+    """
+    Redis replies from a byte stream, for connections that want bytes back
+    (no decoding, no number conversion). txredisapi's pure-Python parser
+    spends a reactor turn per bulk string; this one takes what has arrived
+    in one go. (With the hiredis package installed, txredisapi uses it and
+    this is not needed.)
+    """
+
+    __slots__ = ("_buffer", "_at")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._at = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._at > 65536 and self._at * 2 > len(self._buffer):
+            del self._buffer[:self._at]
+            self._at = 0
+        self._buffer += data
+
+    def gets(self) -> Any:
+        """
+        The next complete reply, or L{_INCOMPLETE}.
+        """
+        try:
+            reply, at = self._parse(self._at)
+        except IndexError:
+            return _INCOMPLETE
+        self._at = at
+        return reply
+
+    def _parse(self, at: int) -> tuple[Any, int]:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n", at)
+        if end < 0:
+            raise IndexError
+        kind, line = buffer[at], bytes(buffer[at + 1:end])
+        at = end + 2
+        if kind == 36:  # $
+            length = int(line)
+            if length < 0:
+                return None, at
+            if len(buffer) < at + length + 2:
+                raise IndexError
+            return bytes(buffer[at:at + length]), at + length + 2
+        if kind == 42:  # *
+            count = int(line)
+            if count < 0:
+                return None, at
+            items = []
+            for _ in range(count):
+                item, at = self._parse(at)
+                items.append(item)
+            return items, at
+        if kind == 58:  # :
+            return int(line), at
+        if kind == 43:  # +
+            return line.decode("utf-8", "replace"), at
+        if kind == 45:  # -
+            text = line.decode("utf-8", "replace")
+            return txredisapi.ResponseError(text[4:] if text.startswith("ERR ") else text), at
+        raise txredisapi.InvalidResponse(f"unexpected reply from Redis: {bytes(buffer[at - len(line) - 3:at])!r}")
+
+
+class _FastReplies:
+    """
+    Mixed into the backplane's protocols: commands built in one go, and
+    replies read with L{ReplyReader} when hiredis is not installed.
+    """
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        # txredisapi's own builder costs more than the rest of a publish.
+        return _resp_command(*args)
+
+    if txredisapi.hiredis is None:
+        def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+            reader = self.__dict__.get("_fast_reader")
+            if reader is None:
+                reader = self.__dict__["_fast_reader"] = ReplyReader()
+            reader.feed(data)
+            while True:
+                reply = reader.gets()
+                if reply is _INCOMPLETE:
+                    return
+                self.replyReceived(reply)
+
+
+class _CommandProtocol(_FastReplies, txredisapi.RedisProtocol):  # type: ignore[misc,valid-type]
+    pass
+
+
 class _CommandFactory(txredisapi.RedisFactory):
     """
     One command connection; tells the backplane when it is usable or lost.
     """
+
+    protocol = _CommandProtocol
 
     def __init__(self, owner: "RedisBackplane", location: RedisLocation) -> None:
         super().__init__(f"{location.host}:{location.port}", location.db, 1, isLazy=True,
@@ -255,7 +355,7 @@ class _CommandFactory(txredisapi.RedisFactory):
         self.owner._commands_down(conn)
 
 
-class _BusProtocol(txredisapi.SubscriberProtocol):
+class _BusProtocol(_FastReplies, txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
         self.factory.owner._bus_message(channel, message)
 
