@@ -191,12 +191,13 @@ def redis_cost(args: argparse.Namespace) -> None:
 # fanout ------------------------------------------------------------------------------
 
 class Node:
-    def __init__(self, redis: Redis, name: str, workdir: Path) -> None:
+    def __init__(self, redis: Redis | None, name: str, workdir: Path) -> None:
         self.log_path = workdir / f"{name}.log"
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--pidfile=", "-n", "appserver",
-             "--listen", "tcp:0:interface=127.0.0.1", "--backplane", redis.url, "--node-id", name,
+             "--listen", "tcp:0:interface=127.0.0.1", "--backplane", redis.url if redis else "memory://",
+             "--node-id", name,
              "--access-log", "false", "--rate-limit", "0", "--max-connections-per-ip", "0"],
             stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
         log.close()
@@ -222,7 +223,8 @@ class Node:
                 self.process.wait(10)
 
 
-async def _fanout_once(nodes: list[Node], clients: int, messages: int, redis: Redis) -> tuple[float, float, int]:
+async def _fanout_once(nodes: list[Node], clients: int, messages: int,
+                       redis: Redis | None) -> tuple[float, float, int]:
     import websockets
 
     received = 0
@@ -245,7 +247,7 @@ async def _fanout_once(nodes: list[Node], clients: int, messages: int, redis: Re
     listeners = [asyncio.ensure_future(listen(ws)) for ws in sockets]
     sender = await websockets.connect(f"ws://127.0.0.1:{nodes[0].port}/ws")
     await sender.recv()
-    pids = [node.process.pid for node in nodes] + [redis.process.pid]
+    pids = [node.process.pid for node in nodes] + ([redis.process.pid] if redis else [])
     before = sum(cpu_seconds(pid) for pid in pids)
     started = time.monotonic()
     for i in range(messages):
@@ -267,19 +269,22 @@ async def _fanout_once(nodes: list[Node], clients: int, messages: int, redis: Re
 def fanout(args: argparse.Namespace) -> None:
     print(f"| nodes | clients | messages | delivered/s | server CPU per delivery, us | delivered |")
     print("|---|---|---|---|---|---|")
-    for count in args.nodes:
-        redis = Redis()
+    for count in [0, *args.nodes]:
+        # 0: one node on the memory backplane, for comparison.
+        redis = Redis() if count else None
         workdir = Path(tempfile.mkdtemp(prefix="bench-nodes-"))
         nodes: list[Node] = []
         try:
-            nodes = [Node(redis, f"n{i}", workdir) for i in range(count)]
+            nodes = [Node(redis, f"n{i}", workdir) for i in range(max(count, 1))]
             elapsed, cpu, received = asyncio.run(_fanout_once(nodes, args.clients, args.messages, redis))
-            print(f"| {count} | {args.clients} | {args.messages} | {received / elapsed:.0f} | "
+            label = f"{count} (Redis)" if count else "1 (memory)"
+            print(f"| {label} | {args.clients} | {args.messages} | {received / elapsed:.0f} | "
                   f"{cpu / max(received, 1) * 1e6:.1f} | {received}/{args.clients * args.messages} |")
         finally:
             for node in nodes:
                 node.stop()
-            redis.stop()
+            if redis is not None:
+                redis.stop()
             shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -232,10 +232,18 @@ def test_the_host_header_decides_what_own_means(ajax):
     assert "access-control-allow-origin" not in answer.headers
 
 
-def test_get_disconnect_without_callback_is_405_with_allow(ajax):
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_connect_without_callback_by_get_or_head_is_405_and_opens_nothing(ajax, method):
+    answer = ajax.call(method, "/connect")
+    assert answer.status == 405 and "POST" in answer.headers["allow"]
+    assert ajax.runtime.tracker.client_count == 0
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_disconnect_without_callback_by_get_or_head_is_405_with_allow(ajax, method):
     session = ajax.connect()
-    answer = ajax.call("GET", "/disconnect", {"session": session})
-    assert_json_error(answer, 405, "method_not_allowed")
+    answer = ajax.call(method, "/disconnect", {"session": session})
+    assert answer.status == 405
     assert "POST" in answer.headers["allow"]
     assert ajax.runtime.tracker.client_count == 1
 

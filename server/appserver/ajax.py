@@ -153,6 +153,10 @@ class Connect(JSONResource):
 
     def handle(self, request: Request) -> Any:
         runtime = self.runtime
+        if request.method != b"POST" and jsonp_callback(request) is None:
+            # As for /send and /disconnect: a plain GET (an <img>, a prefetch) opens nothing.
+            request.setHeader(b"Allow", b"POST, OPTIONS")
+            raise HTTPError(405, "method_not_allowed", "use POST, or GET with callback= for JSONP")
         if not runtime.accepting:
             raise HTTPError(503, "shutting_down", "the server is shutting down; reconnect shortly")
         origin_header = request.getHeader(b"origin")
@@ -261,7 +265,7 @@ class Disconnect(_SessionResource):
     methods = (b"GET", b"POST")
 
     def handle(self, request: Request) -> dict[str, Any]:
-        if request.method == b"GET" and jsonp_callback(request) is None:
+        if request.method != b"POST" and jsonp_callback(request) is None:
             request.setHeader(b"Allow", b"POST, OPTIONS")
             raise HTTPError(405, "method_not_allowed", "use POST, or GET with callback= for JSONP")
         self._session(request).close(1000, "client disconnected")

@@ -67,6 +67,8 @@ POSITION_GAP = 1000
 #: How long a node's hash outlives its last heartbeat, so that whoever reaps
 #: a dead node can still tell its rooms who left.
 NODE_HASH_TTL_MS = 60_000
+#: Bus messages held at most while a node catches up after reconnecting.
+MAX_HELD = 10_000
 #: Seconds a shutdown waits for Redis before going anyway.
 STOP_TIMEOUT = 2.0
 
@@ -311,15 +313,17 @@ class _FastReplies:
     replies read with L{ReplyReader} when hiredis is not installed.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fast_reader = ReplyReader()
+
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
         # txredisapi's own builder costs more than the rest of a publish.
         return _resp_command(*args)
 
     if txredisapi.hiredis is None:
         def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-            reader = self.__dict__.get("_fast_reader")
-            if reader is None:
-                reader = self.__dict__["_fast_reader"] = ReplyReader()
+            reader = self._fast_reader
             reader.feed(data)
             while True:
                 reply = reader.gets()
@@ -559,6 +563,8 @@ class RedisBackplane:
         if self._commands is None or not self._subscribed or self._syncing or self._stopping:
             return
         self._syncing = True
+        if self._held is None:
+            self._held = []
         self._resync().addBoth(self._resynced)
 
     def _resynced(self, result: Any) -> None:
@@ -566,6 +572,8 @@ class RedisBackplane:
         if isinstance(result, Failure):
             self.log.warn("resynchronising with Redis failed: {error}; retrying on the next heartbeat",
                           error=result.value)
+            # Keep the bus flowing; the next attempt holds it again.
+            self._release_held()
             return
         self._synced = True
         if self._outage_logged:
@@ -697,9 +705,14 @@ class RedisBackplane:
         try:
             if channel == self.c_bus:
                 held = self._held
-                if held is not None:
+                if held is None:
+                    self._deliver_bus(message)
+                elif len(held) < MAX_HELD:
                     held.append(message)
                 else:
+                    # A catch-up that takes this long is not worth the memory:
+                    # deliver, and let the catch-up skip what was delivered.
+                    self._release_held()
                     self._deliver_bus(message)
             elif channel == self.c_ctl:
                 self._control(message)
