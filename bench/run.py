@@ -63,6 +63,7 @@ class Settings:
     time_budget: float
     out: Path | None
     json_out: Path | None
+    render: Path | None
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -91,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                         help="seconds; groups that would start later are skipped (default 600, quick 110)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     parser.add_argument("--json", dest="json_out", type=Path, help="write raw per-run figures as JSON")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="measure nothing: print (and --out) the report of a file written by --json")
     args = parser.parse_args(argv)
 
     servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
@@ -118,6 +121,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         time_budget=args.time_budget if args.time_budget is not None else (110.0 if quick else 600.0),
         out=args.out,
         json_out=args.json_out,
+        render=args.render,
     )
 
 
@@ -380,8 +384,22 @@ async def main_async(cfg: Settings) -> int:
     return 0 if groups else 1
 
 
+def render_saved(cfg: Settings, path: Path) -> int:
+    """Re-render a saved --json file (for instance after changing the report layout)."""
+    groups = [GroupResult.from_json(obj) for obj in json.loads(path.read_text())]
+    servers = list(dict.fromkeys(g.server for g in groups))
+    header = [f"re-rendered from `{path}` (settings as when it was measured)"]
+    report = render_markdown(groups, servers, REFERENCE_SERVERS, header, [])
+    print(report)
+    if cfg.out:
+        cfg.out.write_text(report + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    if cfg.render:
+        return render_saved(cfg, cfg.render)
     if importlib.util.find_spec("picows") is None:
         print("picows is not installed: pip install -r bench/requirements.txt", file=sys.stderr)
         return 2

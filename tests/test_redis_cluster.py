@@ -9,13 +9,7 @@ stopped by its pid; every wait is bounded.
 from __future__ import annotations
 
 import json
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -24,9 +18,8 @@ import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import defer
 
+from support.nginx import NginxServer, nginx_path
 from support.redis import RedisServer, free_port, redis_server_path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.redis,
@@ -518,72 +511,22 @@ def test_a_node_does_not_start_without_its_redis(server_process, tmp_path):
 # Behind nginx --------------------------------------------------------------------------
 
 
-def nginx_path() -> str | None:
-    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-
-
-def nginx_config_from_docs(listen: int, upstreams: list[int], tmp_path: Path) -> str:
-    """
-    The nginx configuration of docs/scaling.md, with this test's ports,
-    wrapped in the few top-level lines a throw-away nginx needs.
-    """
-    text = (ROOT / "docs" / "scaling.md").read_text()
-    match = re.search(r"```nginx\n(.*?)```", text, re.S)
-    assert match, "docs/scaling.md has no nginx block"
-    block = match.group(1)
-    servers = "".join(f"    server 127.0.0.1:{port};\n" for port in upstreams)
-    block = re.sub(r"(upstream appserver \{\n)(?:\s*server [^\n]*\n)+", lambda m: m.group(1) + servers, block)
-    block = block.replace("listen 80;", f"listen 127.0.0.1:{listen};")
-    assert f"127.0.0.1:{upstreams[0]}" in block and f"127.0.0.1:{listen}" in block
-    temp = tmp_path / "nginx-temp"
-    temp.mkdir(exist_ok=True)
-    return (f"worker_processes 1;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/nginx-error.log;\n"
-            f"events {{ worker_connections 256; }}\n"
-            f"http {{\n  access_log {tmp_path}/nginx-access.log;\n"
-            f"  client_body_temp_path {temp}/body;\n  proxy_temp_path {temp}/proxy;\n"
-            f"  fastcgi_temp_path {temp}/fastcgi;\n  uwsgi_temp_path {temp}/uwsgi;\n  scgi_temp_path {temp}/scgi;\n"
-            f"{block}\n}}\n")
-
-
 @pytest.fixture
 def nginx(tmp_path):
-    binary = nginx_path()
-    if binary is None:
+    if nginx_path() is None:
         pytest.skip("nginx is not installed (apt-get install nginx-light; .ci/run does)")
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[NginxServer] = []
 
     def start(upstreams: list[int]) -> int:
-        port = free_port()
-        conf = tmp_path / "nginx.conf"
-        conf.write_text(nginx_config_from_docs(port, upstreams, tmp_path))
-        output = tmp_path / "nginx-output.log"
-        with open(output, "wb") as log:
-            process = subprocess.Popen([binary, "-p", str(tmp_path), "-e", str(tmp_path / "nginx-error.log"),
-                                        "-c", str(conf), "-g", "daemon off;"],
-                                       stdout=log, stderr=subprocess.STDOUT)
-        started.append(process)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"nginx exited with {process.returncode}: {output.read_text(errors='replace')}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return port
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not listen within 10 s")
+        server = NginxServer(tmp_path)
+        started.append(server)
+        return server.start(upstreams).port
 
     try:
         yield start
     finally:
-        for process in started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+        for server in started:
+            server.stop()
 
 
 @pytest_twisted.ensureDeferred

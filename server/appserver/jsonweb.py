@@ -106,7 +106,11 @@ def write_json(request: Request, runtime: "Runtime", payload: Any, status: int =
             payload = {**payload, "status": status}
         request.setResponseCode(200)
         request.setHeader(b"Content-Type", _JAVASCRIPT)
-        return b"/**/" + callback.encode("ascii") + b"(" + (body or encode(payload)) + b");"
+        # U+2028/2029 are valid in JSON but ended a statement in JavaScript
+        # before ES2019: escape them so older engines parse the callback.
+        json_body = (body or encode(payload)).replace(b"\xe2\x80\xa8", b"\\u2028").replace(
+            b"\xe2\x80\xa9", b"\\u2029")
+        return b"/**/" + callback.encode("ascii") + b"(" + json_body + b");"
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", _JSON)
     _set_cors(request, runtime)
@@ -155,6 +159,18 @@ class JSONErrorPage(Resource):
         self.message = message
 
     def render(self, request: Request) -> bytes:
+        try:
+            callback = jsonp_callback(request)
+        except HTTPError:
+            callback = None
+        if callback is not None:
+            # A JSONP caller only sees what reaches its callback.
+            request.setHeader(b"Cache-Control", b"no-store")
+            request.setHeader(b"X-Content-Type-Options", b"nosniff")
+            request.setResponseCode(200)
+            request.setHeader(b"Content-Type", _JAVASCRIPT)
+            body = encode({**_error_body(self.code, self.message), "status": self.status})
+            return b"" if request.method == b"HEAD" else b"/**/" + callback.encode("ascii") + b"(" + body + b");"
         request.setResponseCode(self.status)
         request.setHeader(b"Content-Type", _JSON)
         request.setHeader(b"Cache-Control", b"no-store")

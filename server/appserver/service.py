@@ -38,6 +38,22 @@ __all__ = ["AppServerService", "SiteService"]
 RECONNECT_SPREAD_MS = (500, 3000)
 
 
+#: Twisted's default listen backlog is 50: a burst of reconnects after a
+#: restart would wait for SYN retries. Used when the endpoint names none.
+DEFAULT_BACKLOG = 1024
+
+
+def with_default_backlog(description: str) -> str:
+    """
+    Add C{backlog=DEFAULT_BACKLOG} to a C{tcp:} or C{ssl:} endpoint string
+    that does not set one.
+    """
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "ssl", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
+
+
 class SiteService(Service):
     """
     Listens on one endpoint with one site; knows its port once listening.
@@ -56,7 +72,7 @@ class SiteService(Service):
 
     def startService(self) -> None:
         super().startService()
-        endpoint = serverFromString(self.reactor, self.description)
+        endpoint = serverFromString(self.reactor, with_default_backlog(self.description))
         outcome: list[Any] = []
         endpoint.listen(self.site).addBoth(outcome.append)
         if not outcome:

@@ -279,7 +279,9 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
 
     def __init__(self, runtime: "Runtime", protocol: type[TrackedProtocol] = EnvelopeProtocol,
                  url: str | None = None) -> None:
-        super().__init__(url)
+        # No version in the handshake's Server header, no status page for
+        # plain GETs: nothing for a scanner to fingerprint.
+        super().__init__(url, server="appserver")
         self._batched_timer = _PreciseTimer()
         self.runtime = runtime
         self.protocol = protocol
@@ -297,6 +299,7 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
             allowedOrigins=["*"],
             allowNullOrigin=True,
             tcpNoDelay=True,
+            webStatus=False,
         )
 
 
