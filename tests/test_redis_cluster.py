@@ -499,6 +499,31 @@ async def test_nodes_survive_a_redis_restart_and_resume_cross_node_delivery(clus
     assert "lost the Redis backplane" in a.log() and "back on the Redis backplane" in a.log()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_node_whose_subscription_drops_catches_up_in_order(cluster, redis, reactor, closing):
+    a = cluster("a")
+    b = cluster("b")
+    listener = await WS.open(a.url("ws"), reactor)
+    closing(listener)
+    listener.send("subscribe", {"channel": "news"})
+    await listener.wait_for(reactor, lambda m: m["type"] == "subscribed")
+    await publish(b.url("ajax"), "news", "before")
+    await listener.wait_for(reactor, lambda m: m.get("data") == "before")
+
+    # Every node's subscription is cut; the command connections stay.
+    redis.command("CLIENT", "KILL", "TYPE", "pubsub")
+    for i in range(10):
+        await publish(b.url("ajax"), "news", i)
+
+    def news() -> list[Any]:
+        return [m["data"] for m in listener.of_type("message")]
+
+    await eventually(reactor, lambda: news() == ["before", *range(10)], timeout=20)
+    positions = [m["pos"] for m in listener.of_type("message")]
+    assert positions == sorted(set(positions))
+    await eventually(reactor, lambda: "caught up" in a.log())
+
+
 def test_a_node_does_not_start_without_its_redis(server_process, tmp_path):
     port = free_port()
     with pytest.raises(RuntimeError) as raised:

@@ -304,14 +304,14 @@ class RedisBackplane:
                           "following it", epoch=epoch, position=position, ours=tracker.epoch, pos=tracker.position)
             tracker.resynchronise(epoch, position)
         elif position > tracker.position:
-            yield self._catch_up(tracker.position, floor)
+            yield self._catch_up(tracker.position, position, floor)
         self._release_held()
         self._full_sync_needed = True
         yield self._sync_presence()
         yield self._refresh_live_nodes()
 
     @defer.inlineCallbacks
-    def _catch_up(self, since: int, floor: int) -> Any:
+    def _catch_up(self, since: int, upto: int, floor: int) -> Any:
         tracker = self.tracker
         assert tracker is not None
         # Every stream this node delivers or keeps a history of: a history
@@ -322,6 +322,9 @@ class RedisBackplane:
         for stream, message in messages:
             if message.pos is not None and message.pos > tracker.position:
                 tracker.receive(stream, message)
+        # Everything up to `upto` was in Redis when the catch-up started:
+        # read here, or of streams this node neither delivers nor keeps.
+        tracker.position = max(tracker.position, upto)
         if not recovered or since < floor:
             # Something this node missed is gone: its histories cannot vouch
             # for the gap, so recovery across it asks Redis (and says no).

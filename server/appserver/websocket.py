@@ -19,6 +19,7 @@ import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.tcp import Server as _TCPServer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -37,22 +38,120 @@ __all__ = ["TrackedProtocol", "EnvelopeProtocol", "WebSocketClient", "AppServerW
 _STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
+class WriteCoalescer:
+    """
+    Sends what each WebSocket connection was given during one reactor turn
+    with one system call at the end of the turn.
+
+    A broadcast reaches every client in one loop; several broadcasts in the
+    same turn (a burst from a publisher) become one write per connection
+    instead of one per message, and a connection whose socket buffer is empty
+    is written to directly, skipping the reactor's register-write-unregister
+    round trip on the poller (see L{send_now}).
+    """
+
+    __slots__ = ("reactor", "dirty", "scheduled")
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.dirty: list[WebSocketClient] = []
+        self.scheduled: Any = None
+
+    def add(self, client: "WebSocketClient") -> None:
+        self.dirty.append(client)
+        if self.scheduled is None:
+            self.scheduled = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = None
+        dirty, self.dirty = self.dirty, []
+        for client in dirty:
+            client.flush()
+
+
+def _has_backlog(transport: Any) -> bool:
+    """
+    Whether a plain TCP transport still holds unsent bytes (other transports
+    are treated as never behind: they always go through C{write}).
+    """
+    return type(transport) is _TCPServer and (
+        transport.offset != len(transport.dataBuffer) or bool(transport._tempDataLen))
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to a connection, straight to its socket when nothing is
+    buffered in front of it.
+
+    Twisted's C{transport.write} buffers, registers the socket with the
+    poller, and sends on the next turn before unregistering it: two poller
+    system calls and a good deal of Python per connection and per turn. When
+    the transport's buffer is empty, sending directly keeps the order of
+    bytes and skips all that; whatever the kernel does not take (or any
+    error) goes through C{transport.write} as usual, so Twisted's buffering,
+    backpressure and error handling stay in charge. Only plain TCP
+    transports qualify: TLS and others always use C{write}.
+    """
+    if (type(transport) is _TCPServer and transport.connected and not transport.disconnecting
+            and transport.offset == len(transport.dataBuffer) and not transport._tempDataLen):
+        try:
+            sent = transport.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # transport.write below meets the error and reports it
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 class WebSocketClient(Client):
     """
     The tracker's view of one WebSocket connection.
+
+    Frames written during a reactor turn wait in C{pending} and go out
+    together at the end of the turn (L{WriteCoalescer}).
     """
 
     transport = "websocket"
-    __slots__ = ("protocol",)
+    __slots__ = ("protocol", "coalescer", "pending")
 
-    def __init__(self, protocol: "TrackedProtocol", **kwargs: Any) -> None:
+    def __init__(self, protocol: "TrackedProtocol", coalescer: WriteCoalescer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.protocol = protocol
+        self.coalescer = coalescer
+        self.pending: list[bytes] | None = None
 
     def write(self, message: Outgoing) -> None:
+        pending = self.pending
+        if pending is not None:
+            pending.append(message.frame)
+            return
         protocol = self.protocol
-        if protocol.state == _STATE_OPEN:
-            protocol.transport.write(message.frame)
+        if protocol.state != _STATE_OPEN:
+            return
+        transport = protocol.transport
+        if _has_backlog(transport):
+            # Behind already: Twisted's buffer pauses us at its high-water
+            # mark, after which the bounded queue and its policy take over.
+            transport.write(message.frame)
+            return
+        self.pending = [message.frame]
+        self.coalescer.add(self)
+
+    def flush(self) -> None:
+        """
+        Send the frames of this turn now.
+        """
+        pending = self.pending
+        if pending is None:
+            return
+        self.pending = None
+        protocol = self.protocol
+        if protocol.state != _STATE_OPEN or protocol.transport is None:
+            return
+        send_now(protocol.transport, pending[0] if len(pending) == 1 else b"".join(pending))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed:
@@ -62,6 +161,8 @@ class WebSocketClient(Client):
         if protocol.state == _STATE_OPEN:
             # sendCloseFrame, not sendClose: Autobahn's public method refuses
             # the protocol-level codes (1001, 1008) the server must use.
+            # What this turn already gave the client goes out first (see
+            # TrackedProtocol.sendData).
             protocol.sendCloseFrame(code, reason.encode("utf-8")[:123] if reason else None, isReply=False)
         else:
             protocol.dropConnection(abort=True)
@@ -163,7 +264,8 @@ class TrackedProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         runtime = self.factory.runtime
-        client = self.client_class(self, tracker=runtime.tracker, peer=self.peer, origin=self._origin)
+        client = self.client_class(self, self.factory.coalescer, tracker=runtime.tracker, peer=self.peer,
+                                   origin=self._origin)
         client.bucket = runtime.new_bucket()
         if self._attributes:
             client.attributes.update(self._attributes)
@@ -181,6 +283,14 @@ class TrackedProtocol(WebSocketServerProtocol):
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         transport.registerProducer(_Backpressure(client), True)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Everything Autobahn writes itself (pongs, close frames, a raw
+        # endpoint's sendMessage) goes after what this turn already queued.
+        client = self.client
+        if client is not None and client.pending is not None:
+            client.flush()
+        super().sendData(data, sync, chopsize)
 
     # End, however it happens ----------------------------------------------
 
@@ -277,13 +387,14 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
     One per endpoint; all share the runtime and the same protocol options.
     """
 
-    def __init__(self, runtime: "Runtime", protocol: type[TrackedProtocol] = EnvelopeProtocol,
-                 url: str | None = None) -> None:
+    def __init__(self, runtime: "Runtime", coalescer: WriteCoalescer | None = None,
+                 protocol: type[TrackedProtocol] = EnvelopeProtocol, url: str | None = None) -> None:
         # No version in the handshake's Server header, no status page for
         # plain GETs: nothing for a scanner to fingerprint.
         super().__init__(url, server="appserver")
         self._batched_timer = _PreciseTimer()
         self.runtime = runtime
+        self.coalescer = coalescer or WriteCoalescer(runtime.reactor)
         self.protocol = protocol
         settings = runtime.settings
         self.setProtocolOptions(
@@ -346,9 +457,10 @@ def build_websocket_resource(runtime: "Runtime") -> Resource:
     The resource tree of the WebSocket site (also mounted at C{/ws} in
     single-port mode).
     """
-    main = _TakeoverResource(AppServerWebSocketFactory(runtime))
+    coalescer = WriteCoalescer(runtime.reactor)
+    main = _TakeoverResource(AppServerWebSocketFactory(runtime, coalescer))
     endpoints = {
-        path.lstrip("/").encode("ascii"): _TakeoverResource(AppServerWebSocketFactory(runtime, protocol))
+        path.lstrip("/").encode("ascii"): _TakeoverResource(AppServerWebSocketFactory(runtime, coalescer, protocol))
         for path, protocol in runtime.app.endpoints.items()
     }
     return _WebSocketRoot(main, endpoints)
