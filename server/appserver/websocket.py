@@ -13,7 +13,8 @@ L{TrackedProtocol} for raw frame protocols.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource
@@ -36,6 +37,18 @@ __all__ = ["TrackedProtocol", "EnvelopeProtocol", "WebSocketClient", "AppServerW
            "build_websocket_resource"]
 
 _STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class _SendQueue(list):  # type: ignore[type-arg]
+    """
+    The part of C{collections.deque} Autobahn's send queue uses.
+    """
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
 
 
 class WriteCoalescer:
@@ -275,6 +288,24 @@ class TrackedProtocol(WebSocketServerProtocol):
         self.events_log.info("WebSocket open {client_id} peer={peer} origin={origin} transport={transport}",
                       client_id=client.client_id, peer=self.peer, origin=self._origin,
                       transport=client.transport)
+        self._release_handshake()
+
+    def _release_handshake(self) -> None:
+        """
+        Drop the handshake's raw request, response and headers: an idle
+        connection should cost as little memory as possible, and what a
+        protocol needs from the handshake it reads in C{onConnect}.
+        """
+        self.http_request_data = b""
+        self.http_response_data = ""
+        self.http_headers = _NO_HEADERS
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Autobahn gives every connection a deque (about 760 bytes) for its
+        # chopped and synchronous sends, which appserver never makes; a
+        # list-backed queue costs a tenth of that and serves the same calls.
+        self.send_queue = _SendQueue()
 
     def _watch_backpressure(self, client: Client) -> None:
         transport = self.transport
@@ -412,6 +443,12 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
             tcpNoDelay=True,
             webStatus=False,
         )
+        # Autobahn copies each of its ~30 options from the factory into every
+        # new protocol instance unless the class already has it; a subclass
+        # per factory holding them as class attributes saves that dictionary
+        # growth on every connection (memory per idle connection).
+        self.protocol = type(protocol.__name__, (protocol,), {
+            name: getattr(self, name) for name in protocol.CONFIG_ATTRS})
 
 
 class _TakeoverResource(WebSocketResource):
