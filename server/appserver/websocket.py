@@ -447,8 +447,11 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
         # new protocol instance unless the class already has it; a subclass
         # per factory holding them as class attributes saves that dictionary
         # growth on every connection (memory per idle connection).
-        self.protocol = type(protocol.__name__, (protocol,), {
-            name: getattr(self, name) for name in protocol.CONFIG_ATTRS})
+        # With nothing left to copy, CONFIG_ATTRS is emptied too: Autobahn
+        # pretty-prints the list of copied options for a debug line on every
+        # connection, whatever the log level (about 1.7 ms of CPU each).
+        options: dict[str, Any] = {name: getattr(self, name) for name in protocol.CONFIG_ATTRS}
+        self.protocol = type(protocol.__name__, (protocol,), {**options, "CONFIG_ATTRS": ()})
 
 
 class _TakeoverResource(WebSocketResource):
