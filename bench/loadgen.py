@@ -175,18 +175,10 @@ if picows is not None:
     class _PublisherListener(picows.WSListener):
         """The publisher's own connection: it receives its echo too, which is ignored."""
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.closed = asyncio.get_running_loop().create_future()
-
         def on_ws_frame(self, transport: Any, frame: Any) -> None:
             if frame.msg_type == picows.WSMsgType.CLOSE:
                 transport.send_close(frame.get_close_code())
                 transport.disconnect()
-
-        def on_ws_disconnected(self, transport: Any) -> None:
-            if not self.closed.done():
-                self.closed.set_result(None)
 
 
 @dataclass
