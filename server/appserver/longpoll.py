@@ -36,7 +36,7 @@ class AjaxSession(Client):
 
     transport = "ajax"
     __slots__ = ("registry", "waiting", "waiting_callback", "_poll_timer", "_idle_timer",
-                 "_flush_call", "close_reason", "limiter_ip")
+                 "_flush_due", "close_reason", "limiter_ip")
 
     def __init__(self, registry: "SessionRegistry", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -47,7 +47,7 @@ class AjaxSession(Client):
         self.waiting_callback: str | None = None
         self._poll_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
-        self._flush_call: IDelayedCall | None = None
+        self._flush_due = False
         self.close_reason: tuple[int, str] | None = None
         #: The address counted by the connection limiter for this session.
         self.limiter_ip: str | None = None
@@ -58,10 +58,11 @@ class AjaxSession(Client):
         if self.closed:
             return
         self._enqueue(message, policy)
-        if self.waiting is not None and self._flush_call is None and not self.closed:
+        if self.waiting is not None and not self._flush_due and not self.closed:
             # Answer on the next reactor turn, so a burst of messages goes
             # out in one response rather than one per poll.
-            self._flush_call = self.registry.reactor.callLater(0, self._flush)
+            self._flush_due = True
+            self.registry.flush_soon(self)
 
     def write(self, message: Outgoing) -> None:
         # Sessions always queue (deliver is overridden); nothing writes directly.
@@ -125,8 +126,12 @@ class AjaxSession(Client):
         body += b"}"
         return write_json(request, self.registry.runtime, RawJSON(body), 200, callback)
 
-    def _flush(self) -> None:
-        self._flush_call = None
+    def flush(self) -> None:
+        """
+        Answer the waiting poll with what is queued (the registry calls this
+        at the end of the turn in which messages arrived).
+        """
+        self._flush_due = False
         request = self.waiting
         if request is None:
             return
@@ -165,11 +170,10 @@ class AjaxSession(Client):
     def _clear_waiting(self) -> None:
         self.waiting = None
         self.waiting_callback = None
-        for call in (self._poll_timer, self._flush_call):
-            if call is not None and call.active():
-                call.cancel()
+        call = self._poll_timer
+        if call is not None and call.active():
+            call.cancel()
         self._poll_timer = None
-        self._flush_call = None
 
     def _poll_gone(self, request: Request) -> None:
         """
@@ -222,7 +226,25 @@ class SessionRegistry:
         self.reactor = runtime.reactor
         self.poll_timeout = runtime.settings.poll_timeout
         self.idle_timeout = runtime.settings.session_idle_timeout
+        self._due: list[AjaxSession] = []
+        self._flush_call: IDelayedCall | None = None
         self.sessions: dict[str, AjaxSession] = {}
+
+    def flush_soon(self, session: AjaxSession) -> None:
+        """
+        Answer C{session}'s waiting poll at the end of this reactor turn;
+        one delayed call serves every session with news in the turn.
+        """
+        self._due.append(session)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush_call = None
+        due, self._due = self._due, []
+        for session in due:
+            if session._flush_due:
+                session.flush()
 
     def __len__(self) -> int:
         return len(self.sessions)
