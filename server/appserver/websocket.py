@@ -450,7 +450,11 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
         # With nothing left to copy, CONFIG_ATTRS is emptied too: Autobahn
         # pretty-prints the list of copied options for a debug line on every
         # connection, whatever the log level (about 1.7 ms of CPU each).
-        options: dict[str, Any] = {name: getattr(self, name) for name in protocol.CONFIG_ATTRS}
+        # Function-valued options (perMessageCompressionAccept) must stay
+        # plain functions, not become methods of the class.
+        options: dict[str, Any] = {
+            name: staticmethod(value) if callable(value) else value
+            for name, value in ((name, getattr(self, name)) for name in protocol.CONFIG_ATTRS)}
         self.protocol = type(protocol.__name__, (protocol,), {**options, "CONFIG_ATTRS": ()})
 
 
