@@ -20,7 +20,6 @@ import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.tcp import Server as _TCPServer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -29,6 +28,7 @@ from zope.interface import implementer
 
 from .client import Client
 from .envelope import Outgoing, ProtocolError, error_payload, parse_envelope
+from .writes import WriteCoalescer, has_backlog, send_now
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -49,74 +49,6 @@ class _SendQueue(list):  # type: ignore[type-arg]
 
     def popleft(self) -> Any:
         return self.pop(0)
-
-
-class WriteCoalescer:
-    """
-    Sends what each WebSocket connection was given during one reactor turn
-    with one system call at the end of the turn.
-
-    A broadcast reaches every client in one loop; several broadcasts in the
-    same turn (a burst from a publisher) become one write per connection
-    instead of one per message, and a connection whose socket buffer is empty
-    is written to directly, skipping the reactor's register-write-unregister
-    round trip on the poller (see L{send_now}).
-    """
-
-    __slots__ = ("reactor", "dirty", "scheduled")
-
-    def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.dirty: list[WebSocketClient] = []
-        self.scheduled: Any = None
-
-    def add(self, client: "WebSocketClient") -> None:
-        self.dirty.append(client)
-        if self.scheduled is None:
-            self.scheduled = self.reactor.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        self.scheduled = None
-        dirty, self.dirty = self.dirty, []
-        for client in dirty:
-            client.flush()
-
-
-def _has_backlog(transport: Any) -> bool:
-    """
-    Whether a plain TCP transport still holds unsent bytes (other transports
-    are treated as never behind: they always go through C{write}).
-    """
-    return type(transport) is _TCPServer and (
-        transport.offset != len(transport.dataBuffer) or bool(transport._tempDataLen))
-
-
-def send_now(transport: Any, data: bytes) -> None:
-    """
-    Write C{data} to a connection, straight to its socket when nothing is
-    buffered in front of it.
-
-    Twisted's C{transport.write} buffers, registers the socket with the
-    poller, and sends on the next turn before unregistering it: two poller
-    system calls and a good deal of Python per connection and per turn. When
-    the transport's buffer is empty, sending directly keeps the order of
-    bytes and skips all that; whatever the kernel does not take (or any
-    error) goes through C{transport.write} as usual, so Twisted's buffering,
-    backpressure and error handling stay in charge. Only plain TCP
-    transports qualify: TLS and others always use C{write}.
-    """
-    if (type(transport) is _TCPServer and transport.connected and not transport.disconnecting
-            and transport.offset == len(transport.dataBuffer) and not transport._tempDataLen):
-        try:
-            sent = transport.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # transport.write below meets the error and reports it
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 class WebSocketClient(Client):
@@ -145,7 +77,7 @@ class WebSocketClient(Client):
         if protocol.state != _STATE_OPEN:
             return
         transport = protocol.transport
-        if _has_backlog(transport):
+        if has_backlog(transport):
             # Behind already: Twisted's buffer pauses us at its high-water
             # mark, after which the bounded queue and its policy take over.
             transport.write(message.frame)

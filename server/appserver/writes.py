@@ -1,0 +1,83 @@
+"""
+The write path of WebSocket connections, where a broadcast spends its time.
+
+Frames given to a connection during one reactor turn are sent together at
+the end of the turn (L{WriteCoalescer}), straight to the socket when nothing
+is buffered in front of them (L{send_now}). Measured in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.tcp import Server as _TCPServer
+
+__all__ = ["WriteCoalescer", "has_backlog", "send_now"]
+
+
+class WriteCoalescer:
+    """
+    Sends what each WebSocket connection was given during one reactor turn
+    with one system call at the end of the turn.
+
+    A broadcast reaches every client in one loop; several broadcasts in the
+    same turn (a burst from a publisher) become one write per connection
+    instead of one per message, and a connection whose socket buffer is empty
+    is written to directly, skipping the reactor's register-write-unregister
+    round trip on the poller (see L{send_now}).
+    """
+
+    __slots__ = ("reactor", "dirty", "scheduled")
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.dirty: list[Any] = []
+        self.scheduled: Any = None
+
+    def add(self, client: Any) -> None:
+        self.dirty.append(client)
+        if self.scheduled is None:
+            self.scheduled = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = None
+        dirty, self.dirty = self.dirty, []
+        for client in dirty:
+            client.flush()
+
+
+def has_backlog(transport: Any) -> bool:
+    """
+    Whether a plain TCP transport still holds unsent bytes (other transports
+    are treated as never behind: they always go through C{write}).
+    """
+    return type(transport) is _TCPServer and (
+        transport.offset != len(transport.dataBuffer) or bool(transport._tempDataLen))
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to a connection, straight to its socket when nothing is
+    buffered in front of it.
+
+    Twisted's C{transport.write} buffers, registers the socket with the
+    poller, and sends on the next turn before unregistering it: two poller
+    system calls and a good deal of Python per connection and per turn. When
+    the transport's buffer is empty, sending directly keeps the order of
+    bytes and skips all that; whatever the kernel does not take (or any
+    error) goes through C{transport.write} as usual, so Twisted's buffering,
+    backpressure and error handling stay in charge. Only plain TCP
+    transports qualify: TLS and others always use C{write}.
+    """
+    if (type(transport) is _TCPServer and transport.connected and not transport.disconnecting
+            and transport.offset == len(transport.dataBuffer) and not transport._tempDataLen):
+        try:
+            sent = transport.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # transport.write below meets the error and reports it
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
