@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from .envelope import Envelope
-from .queue import POLICIES
+from .outbound import POLICIES
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime

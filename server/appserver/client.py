@@ -13,7 +13,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from .envelope import Outgoing
-from .queue import DISCONNECT, OutboundQueue, Overflow
+from .outbound import DISCONNECT, OutboundQueue, Overflow
 
 if TYPE_CHECKING:
     from .tracker import ClientTracker

@@ -20,7 +20,7 @@ from twisted.web.server import Request
 from .client import Client
 from .envelope import Outgoing, encode
 from .jsonweb import RawJSON, write_json
-from .queue import OutboundQueue
+from .outbound import OutboundQueue
 
 if TYPE_CHECKING:
     from .runtime import Runtime

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
 from .client import Client
 from .envelope import Outgoing, ProtocolError
 from .history import StreamHistory
-from .queue import POLICIES
+from .outbound import POLICIES
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred

@@ -5,7 +5,7 @@ The bounded outgoing queue and its overflow policies.
 import pytest
 
 from appserver.envelope import Outgoing
-from appserver.queue import CONFLATE, DISCONNECT, DROP_OLDEST, OutboundQueue, Overflow
+from appserver.outbound import CONFLATE, DISCONNECT, DROP_OLDEST, OutboundQueue, Overflow
 
 
 def message(text, key=None):
