@@ -52,3 +52,18 @@ def test_transports_other_than_plain_tcp_are_never_reported_behind():
     transport = StringTransport()
     transport.write(b"x" * 100_000)
     assert not has_backlog(transport)
+
+
+def test_connections_given_the_same_frames_share_one_joined_buffer():
+    coalescer = WriteCoalescer(Clock())
+    first, second = b"frame-1", b"frame-2"
+    joined = coalescer.join([first, second])
+    assert joined == b"frame-1frame-2"
+    assert coalescer.join([first, second]) is joined
+
+
+def test_different_frames_are_joined_anew():
+    coalescer = WriteCoalescer(Clock())
+    coalescer.join([b"a", b"b"])
+    assert coalescer.join([b"a", b"c"]) == b"ac"
+    assert coalescer.join([b"only"]) == b"only"

@@ -38,24 +38,25 @@ _NAME = re.compile(r"[A-Za-z0-9_\-.:/@#]{1,128}\Z")
 MAX_USERNAME_LENGTH = 64
 
 
+def _validate_name(kind: str, name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ProtocolError("bad_data", f"a {kind} name is 1 to 128 characters among "
+                                        "letters, digits and _-.:/@#")
+    return name
+
+
 def validate_channel_name(channel: Any) -> str:
     """
     @raise ProtocolError: C{bad_data}, saying which names are allowed.
     """
-    if not isinstance(channel, str) or not _NAME.match(channel):
-        raise ProtocolError("bad_data", "a channel name is 1 to 128 characters among "
-                                        "letters, digits and _-.:/@#")
-    return channel
+    return _validate_name("channel", channel)
 
 
 def validate_room_name(room: Any) -> str:
     """
     @raise ProtocolError: C{bad_data}, saying which names are allowed.
     """
-    if not isinstance(room, str) or not _NAME.match(room):
-        raise ProtocolError("bad_data", "a room name is 1 to 128 characters among "
-                                        "letters, digits and _-.:/@#")
-    return room
+    return _validate_name("room", room)
 
 
 def validate_username(username: Any) -> str:

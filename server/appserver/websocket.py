@@ -27,6 +27,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from .client import Client
+from .outbound import DISCONNECT
 from .envelope import Outgoing, ProtocolError, error_payload, parse_envelope
 from .writes import WriteCoalescer, has_backlog, send_now
 
@@ -68,6 +69,15 @@ class WebSocketClient(Client):
         self.coalescer = coalescer
         self.pending: list[bytes] | None = None
 
+    def deliver(self, message: Outgoing, policy: str = DISCONNECT) -> None:
+        # The hot path of a burst: a client already given a frame this turn
+        # (so open, not paused, nothing queued) takes the next one directly.
+        pending = self.pending
+        if pending is not None and not self.queue:
+            pending.append(message.frame)
+            return
+        Client.deliver(self, message, policy)
+
     def write(self, message: Outgoing) -> None:
         pending = self.pending
         if pending is not None:
@@ -96,7 +106,7 @@ class WebSocketClient(Client):
         protocol = self.protocol
         if protocol.state != _STATE_OPEN or protocol.transport is None:
             return
-        send_now(protocol.transport, pending[0] if len(pending) == 1 else b"".join(pending))
+        send_now(protocol.transport, self.coalescer.join(pending))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed:

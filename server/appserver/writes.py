@@ -27,12 +27,30 @@ class WriteCoalescer:
     round trip on the poller (see L{send_now}).
     """
 
-    __slots__ = ("reactor", "dirty", "scheduled")
+    __slots__ = ("reactor", "dirty", "scheduled", "_joined_frames", "_joined")
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.dirty: list[Any] = []
         self.scheduled: Any = None
+        self._joined_frames: list[bytes] | None = None
+        self._joined = b""
+
+    def join(self, frames: list[bytes]) -> bytes:
+        """
+        The frames of one connection as one buffer. Connections that got the
+        same broadcasts this turn hold the very same frame objects, so the
+        buffer built for the previous connection is reused (the comparison
+        is by identity first, element by element) and a burst is copied
+        once, not once per connection.
+        """
+        if len(frames) == 1:
+            return frames[0]
+        if frames == self._joined_frames:
+            return self._joined
+        joined = b"".join(frames)
+        self._joined_frames, self._joined = frames, joined
+        return joined
 
     def add(self, client: Any) -> None:
         self.dirty.append(client)
@@ -44,6 +62,7 @@ class WriteCoalescer:
         dirty, self.dirty = self.dirty, []
         for client in dirty:
             client.flush()
+        self._joined_frames, self._joined = None, b""
 
 
 def has_backlog(transport: Any) -> bool:
