@@ -22,7 +22,7 @@ install-test: install system-deps
 run: install
 	$(TWISTD) --pidfile= -n appserver --app $(APP) $(RUN_ARGS)
 
-test: install-test test-python test-js
+test: install-test test-js test-python
 
 test-python:
 	$(PYTHON) -m pytest -q
