@@ -9,6 +9,7 @@ stopped by its pid; every wait is bounded.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Callable
 
@@ -479,6 +480,8 @@ async def test_nodes_survive_a_redis_restart_and_resume_cross_node_delivery(clus
     answer = await counts(b.url("ajax"))
     assert answer["client_count"] >= 1
     assert a.process.poll() is None and b.process.poll() is None
+    # Not ready while out of the cluster (it still serves its own clients).
+    await eventually(reactor, lambda: _readiness(a, 503, "Redis"), timeout=15)
 
     redis.start()
 
@@ -497,6 +500,16 @@ async def test_nodes_survive_a_redis_restart_and_resume_cross_node_delivery(clus
     assert b"appserver:epoch" in redis.command("KEYS", "*")
     assert redis.command("GET", "appserver:epoch").strip().decode() == epoch
     assert "lost the Redis backplane" in a.log() and "back on the Redis backplane" in a.log()
+    await eventually(reactor, lambda: _readiness(a, 200, "ready"), timeout=15)
+    metrics = await (await treq.get(a.url("ajax") + "/metrics", persistent=False)).text()
+    assert re.search(r'appserver_backplane_errors_total\{operation="connection"\} [1-9]', metrics)
+    assert re.search(r'appserver_backplane_seconds_count\{operation="publish"\} [1-9]', metrics)
+
+
+async def _readiness(site, status: int, text: str) -> bool:
+    response = await treq.get(site.url("ajax") + "/readyz", persistent=False)
+    body = await response.text()
+    return response.code == status and text in body
 
 
 @pytest_twisted.ensureDeferred

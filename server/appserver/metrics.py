@@ -141,6 +141,13 @@ class MetricsEvents(TrackerEvents):
         self.sessions = Gauge("appserver_longpoll_sessions", "Open Ajax (long-poll) sessions.", registry=r)
         self.waiting_polls = Gauge("appserver_longpoll_waiting", "Long polls held open, waiting for messages.",
                                    registry=r)
+        self.backplane_seconds = _Children(Histogram(
+            "appserver_backplane_seconds", "Round trip of backplane (Redis) operations, by operation.",
+            ["operation"], registry=r))
+        self.backplane_errors = _Children(Counter(
+            "appserver_backplane_errors",
+            "Backplane (Redis) failures, by operation; 'connection' counts lost connections.",
+            ["operation"], registry=r))
         self.channels = Gauge("appserver_channels", "Channels with at least one subscriber.", registry=r)
         self.accepting = Gauge("appserver_accepting", "1 while new clients are accepted, 0 during shutdown.",
                                registry=r)
@@ -221,6 +228,12 @@ class MetricsEvents(TrackerEvents):
 
     def slow_consumer(self, client: Client, detail: str) -> None:
         self.slow_consumers[client.transport].inc()
+
+    def backplane_latency(self, operation: str, seconds: float) -> None:
+        self.backplane_seconds[operation].observe(seconds)
+
+    def backplane_error(self, operation: str) -> None:
+        self.backplane_errors[operation].inc()
 
     def recovery(self, client: Client, recovered: bool) -> None:
         self.recoveries["ok" if recovered else "failed"].inc()

@@ -258,6 +258,8 @@ class RedisBackplane:
 
     def _connection_lost(self) -> None:
         self._synced = False
+        if self.tracker is not None and not self._stopping:
+            self.tracker.events.backplane_error("connection")
         if self._stopping or self._outage_logged:
             return
         self._outage_logged = True
@@ -352,8 +354,25 @@ class RedisBackplane:
             return defer.fail()
 
     def _fire_and_forget(self, d: "defer.Deferred[Any]", what: str) -> None:
-        d.addErrback(lambda failure: self.log.warn("backplane: {what} failed: {error}",
-                                                   what=what, error=failure.value))
+        def failed(failure: Failure) -> None:
+            if self.tracker is not None:
+                self.tracker.events.backplane_error(what)
+            self.log.warn("backplane: {what} failed: {error}", what=what, error=failure.value)
+        d.addErrback(failed)
+
+    def not_ready(self) -> list[str]:
+        """
+        Readiness: the reasons this node is not fully part of the cluster
+        (it still serves its own clients meanwhile).
+        """
+        reasons = []
+        if self._commands is None:
+            reasons.append(f"not connected to the Redis backplane at {self.location}")
+        if not self._subscribed:
+            reasons.append("not subscribed to the backplane's channels")
+        elif not self._synced:
+            reasons.append("catching up with the backplane")
+        return reasons
 
     def publish_raw(self, channel: bytes, message: bytes) -> bool:
         """
@@ -383,6 +402,7 @@ class RedisBackplane:
         raw_key = _encode_key(key)
         history_size = self.history_size if self.history_age > 0 else 0
         created = tracker.clock()
+        sent_at = self.reactor.seconds()
         start = tracker.position + POSITION_GAP if tracker.position else 0
         d = self._eval(scripts.PUBLISH,
                        [self.k_epoch, self.k_pos, self.k_floor, self.k_streams, self.stream_key(stream)],
@@ -390,10 +410,12 @@ class RedisBackplane:
                         max(1, int(self.history_age * 1000)), self.c_bus])
 
         def published(reply: list[Any]) -> Outgoing:
+            tracker.events.backplane_latency("publish", self.reactor.seconds() - sent_at)
             pos = int(reply[1])
             return Outgoing(payload[:-1] + b',"pos":%d}' % pos, pos, key, created)
 
         def failed(failure: Failure) -> Outgoing:
+            tracker.events.backplane_error("publish")
             self.log.warn("publishing on {stream!r} through Redis failed ({error}): delivered on this node only",
                           stream=stream, error=failure.value)
             return self._deliver_locally(stream, payload, key)

@@ -119,6 +119,9 @@ class AppServerService(MultiService):
         if isinstance(events, MetricsEvents):
             events.bind(self.runtime)
         self.runtime.readiness_checks.append(self._sites_not_listening)
+        not_ready = getattr(self.runtime.tracker.backplane, "not_ready", None)
+        if not_ready is not None:
+            self.runtime.readiness_checks.append(not_ready)
         self.ports: dict[str, int] = {}
         self._tasks: list[LoopingCall] = []
         self._build_sites()

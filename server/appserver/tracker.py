@@ -107,6 +107,12 @@ class TrackerEvents:
     def handler_error(self, message_type: str) -> None:
         pass
 
+    def backplane_latency(self, operation: str, seconds: float) -> None:
+        pass
+
+    def backplane_error(self, operation: str) -> None:
+        pass
+
     def message_in(self, client: Client, message_type: str) -> None:
         pass
 
