@@ -22,7 +22,7 @@ from appserver import App, Context, HTTPError, ProtocolError
 from appserver.app import load_app
 from appserver.apps.chat import app as chat_app
 from appserver.websocket import TrackedProtocol
-from support.wsclient import next_message, open_client, sleep, wait_closed, wait_until
+from support.wsclient import next_message, open_client, send, sleep, wait_closed, wait_until
 
 # Helpers ---------------------------------------------------------------------
 
@@ -36,13 +36,6 @@ async def connect(server, reactor, path=""):
     assert welcome["data"]["transport"] == "websocket"
     client.client_id = welcome["data"]["client_id"]
     return client
-
-
-def send(client, message_type, data=None, request_id=None):
-    envelope = {"type": message_type, "data": data}
-    if request_id is not None:
-        envelope["id"] = request_id
-    client.sendMessage(json.dumps(envelope).encode("utf-8"))
 
 
 async def answer(client, reactor, request_id, timeout=5.0):

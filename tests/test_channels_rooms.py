@@ -17,23 +17,13 @@ import treq
 
 from appserver import App
 from appserver.apps.chat import app as chat_app
-from support.wsclient import next_message, open_client, sleep, wait_until
+from support.wsclient import next_message, open_welcomed, send, sleep, wait_until
 
 # Helpers ---------------------------------------------------------------------
 
 
 async def connect(server, reactor):
-    client = await open_client(server.ws_url, reactor)
-    welcome = await next_message(client, reactor, "welcome")
-    client.client_id = welcome["data"]["client_id"]
-    return client
-
-
-def send(client, message_type, data=None, request_id=None):
-    envelope = {"type": message_type, "data": data}
-    if request_id is not None:
-        envelope["id"] = request_id
-    client.sendMessage(json.dumps(envelope).encode("utf-8"))
+    return await open_welcomed(server.ws_url, reactor)
 
 
 async def expect_type(client, reactor, message_type, request_id=None):

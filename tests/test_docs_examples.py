@@ -25,7 +25,7 @@ import pytest_twisted
 import treq
 from twisted.internet.threads import deferToThread
 
-from support.wsclient import next_message, open_client, wait_closed, wait_until
+from support.wsclient import next_message, open_client, open_welcomed, send, wait_closed, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "docs" / "api.md", ROOT / "docs" / "channels.md"]
@@ -78,17 +78,7 @@ def load(example: Example) -> types.ModuleType:
 
 
 async def connect(url, reactor):
-    client = await open_client(url, reactor)
-    welcome = await next_message(client, reactor, "welcome")
-    client.client_id = welcome["data"]["client_id"]
-    return client
-
-
-def send(client, message_type, data=None, request_id=None):
-    envelope = {"type": message_type, "data": data}
-    if request_id is not None:
-        envelope["id"] = request_id
-    client.sendMessage(json.dumps(envelope).encode("utf-8"))
+    return await open_welcomed(url, reactor)
 
 
 async def ask(client, reactor, message_type, data=None, request_id=1):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import urllib.request
 
 import pytest
@@ -26,6 +25,7 @@ import pytest
 pytest.importorskip("playwright")
 from playwright.sync_api import expect  # noqa: E402
 
+from support.servers import fixed_ports, free_ports
 from support.browser import browser, new_page  # noqa: E402,F401  (fixtures)
 
 GATE = """
@@ -50,21 +50,6 @@ GATE = """
 """
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def fixed_ports(ports: list[int]) -> list[str]:
-    static, ajax, ws = ports
-    return ["--static", f"tcp:{static}:interface=127.0.0.1", "--ajax", f"tcp:{ajax}:interface=127.0.0.1",
-            "--ws", f"tcp:{ws}:interface=127.0.0.1"]
 
 
 class ChatSender:

@@ -24,6 +24,7 @@ from twisted.internet import defer
 
 from appserver.persistence import load_state, save_state
 from appserver.tracker import ClientTracker, TrackerLimits
+from support.servers import fixed_ports, free_ports
 from support.recovering_client import RecoveringAjax, RecoveringWebSocket
 from support.wsclient import has_fired, next_message, open_client, sleep, wait_closed
 
@@ -33,21 +34,6 @@ SHUTDOWN_TIMEOUT = 2.0
 PROCESS_MARGIN = 3.0
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def fixed_ports(ports: list[int]) -> list[str]:
-    static, ajax, ws = ports
-    return ["--static", f"tcp:{static}:interface=127.0.0.1", "--ajax", f"tcp:{ajax}:interface=127.0.0.1",
-            "--ws", f"tcp:{ws}:interface=127.0.0.1"]
 
 
 async def sigterm(reactor, process, timeout: float = SHUTDOWN_TIMEOUT + PROCESS_MARGIN) -> tuple[int | None, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -152,3 +153,28 @@ class ServerProcess:
         if self.terminate() is None:
             self.kill()
         self._log.close()
+
+
+def free_ports(count: int) -> list[int]:
+    """
+    Ports free on 127.0.0.1 now, for a server that must come back on the
+    same ports after a restart.
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def fixed_ports(ports: list[int]) -> list[str]:
+    """
+    The site options for a twistd server on the given static, Ajax and
+    WebSocket ports.
+    """
+    static, ajax, ws = ports
+    return ["--static", f"tcp:{static}:interface=127.0.0.1", "--ajax", f"tcp:{ajax}:interface=127.0.0.1",
+            "--ws", f"tcp:{ws}:interface=127.0.0.1"]

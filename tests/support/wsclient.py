@@ -401,6 +401,27 @@ async def next_message(client: RecordingClient, reactor: Any, message_type: str 
     raise AssertionError(f"no {message_type or 'message'} within {timeout}s")
 
 
+async def open_welcomed(url: str, reactor: Any) -> RecordingClient:
+    """
+    A WebSocket client of the envelope endpoint, past its C{welcome}, with
+    C{client_id} set from it.
+    """
+    client = await open_client(url, reactor)
+    welcome = await next_message(client, reactor, "welcome")
+    client.client_id = welcome["data"]["client_id"]
+    return client
+
+
+def send(client: RecordingClient, message_type: str, data: Any = None, request_id: Any = None) -> None:
+    """
+    Send one envelope (with an C{id} when given).
+    """
+    envelope = {"type": message_type, "data": data}
+    if request_id is not None:
+        envelope["id"] = request_id
+    client.sendMessage(json.dumps(envelope).encode("utf-8"))
+
+
 async def wait_closed(client: RecordingClient, reactor: Any, timeout: float = 5.0) -> tuple[Any, Any]:
     """
     Wait for the close; returns C{(code, reason)}.
