@@ -117,6 +117,10 @@ class App:
     publish_rules: list[tuple[str, bool | Callable[..., bool]]] = field(default_factory=list)
     channel_policies: list[tuple[str, str]] = field(default_factory=list)
     authenticators: list[Callable[..., Any]] = field(default_factory=list)
+    #: Free for the application: the state its handlers and tasks share, kept
+    #: on the App rather than in module globals so two servers in one process
+    #: (tests) keep theirs apart.
+    state: Any = None
 
     def handler(self, message_type: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """

@@ -263,7 +263,7 @@ def build_app(seed: int | None = None) -> App:
         """
         return dashboard_state()
 
-    app.state = state  # type: ignore[attr-defined]  # for tests and curious readers
+    app.state = state
     return app
 
 
