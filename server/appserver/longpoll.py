@@ -21,6 +21,7 @@ from .client import Client
 from .envelope import Outgoing, encode
 from .jsonweb import RawJSON, write_json
 from .outbound import OutboundQueue
+from .writes import EndOfTurn
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -62,7 +63,7 @@ class AjaxSession(Client):
             # Answer on the next reactor turn, so a burst of messages goes
             # out in one response rather than one per poll.
             self._flush_due = True
-            self.registry.flush_soon(self)
+            self.registry.answers.add(self)
 
     def write(self, message: Outgoing) -> None:
         # Sessions always queue (deliver is overridden); nothing writes directly.
@@ -128,8 +129,8 @@ class AjaxSession(Client):
 
     def flush(self) -> None:
         """
-        Answer the waiting poll with what is queued (the registry calls this
-        at the end of the turn in which messages arrived).
+        Answer the waiting poll with what is queued (the registry's
+        end-of-turn batch calls this after messages arrived).
         """
         self._flush_due = False
         request = self.waiting
@@ -226,25 +227,10 @@ class SessionRegistry:
         self.reactor = runtime.reactor
         self.poll_timeout = runtime.settings.poll_timeout
         self.idle_timeout = runtime.settings.session_idle_timeout
-        self._due: list[AjaxSession] = []
-        self._flush_call: IDelayedCall | None = None
+        #: Answers every session with news in a turn, once, at its end, so
+        #: a burst of messages goes out in one response per poll.
+        self.answers = EndOfTurn(self.reactor)
         self.sessions: dict[str, AjaxSession] = {}
-
-    def flush_soon(self, session: AjaxSession) -> None:
-        """
-        Answer C{session}'s waiting poll at the end of this reactor turn;
-        one delayed call serves every session with news in the turn.
-        """
-        self._due.append(session)
-        if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self._flush_due)
-
-    def _flush_due(self) -> None:
-        self._flush_call = None
-        due, self._due = self._due, []
-        for session in due:
-            if session._flush_due:
-                session.flush()
 
     def __len__(self) -> int:
         return len(self.sessions)

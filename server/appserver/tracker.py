@@ -293,19 +293,13 @@ class ClientTracker:
         everyone for the global stream, else the channel's subscribers.
         """
         if stream == GLOBAL_STREAM:
-            recipients = list(self.clients.values())
-            policy = self.limits.default_policy
-            for client in recipients:
-                client.deliver(message, policy)
-            self.events.fanout(GLOBAL_STREAM, len(recipients), message)
-            return
-        subscribers = self.channels.get(stream)
-        if subscribers:
-            recipients = list(subscribers)
-            policy = self.policy_for(stream)
-            for client in recipients:
-                client.deliver(message, policy)
-            self.events.fanout(stream, len(recipients), message)
+            count = _deliver_each(self.clients.values(), message, self.limits.default_policy)
+        else:
+            subscribers = self.channels.get(stream)
+            if not subscribers:
+                return
+            count = _deliver_each(subscribers, message, self.policy_for(stream))
+        self.events.fanout(stream, count, message)
 
     def receive(self, stream: str, message: Outgoing) -> None:
         """
@@ -361,11 +355,9 @@ class ClientTracker:
         if not members:
             return 0
         message = envelope if isinstance(envelope, Outgoing) else Outgoing.of(envelope)
-        recipients = list(members)
-        for client in recipients:
-            client.deliver(message, self.limits.default_policy)
-        self.events.sent(len(recipients), message)
-        return len(recipients)
+        count = _deliver_each(members, message, self.limits.default_policy)
+        self.events.sent(count, message)
+        return count
 
     # Channels -----------------------------------------------------------
 
@@ -531,6 +523,17 @@ class ClientTracker:
             if not len(history) and stream not in self.channels and stream != GLOBAL_STREAM:
                 self._forgotten_after = max(self._forgotten_after, history.complete_after)
                 del self.histories[stream]
+
+
+def _deliver_each(recipients: Iterable[Client], message: Outgoing, policy: str) -> int:
+    """
+    Deliver one message to each recipient (a snapshot: a delivery may close
+    a client and change the collection); returns how many.
+    """
+    clients = list(recipients)
+    for client in clients:
+        client.deliver(message, policy)
+    return len(clients)
 
 
 def _position_of(message: Outgoing) -> int:

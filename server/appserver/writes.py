@@ -1,5 +1,6 @@
 """
-The write path of WebSocket connections, where a broadcast spends its time.
+The write path of WebSocket connections, where a broadcast spends its time,
+and the end-of-turn batching every transport uses.
 
 Frames given to a connection during one reactor turn are sent together at
 the end of the turn (L{WriteCoalescer}), straight to the socket when nothing
@@ -12,10 +13,40 @@ from typing import Any
 
 from twisted.internet.tcp import Server as _TCPServer
 
-__all__ = ["WriteCoalescer", "has_backlog", "send_now"]
+__all__ = ["EndOfTurn", "WriteCoalescer", "has_backlog", "send_now"]
 
 
-class WriteCoalescer:
+class EndOfTurn:
+    """
+    Calls C{flush()} on everything added during one reactor turn, once, at
+    the end of the turn, with a single delayed call for all of them.
+
+    Each transport batches what its clients were given in a turn: WebSocket
+    connections send their frames with one system call, Ajax sessions
+    answer their waiting poll with one response. The caller keeps its own
+    "already added" mark so an item is added once per turn.
+    """
+
+    __slots__ = ("reactor", "dirty", "scheduled")
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.dirty: list[Any] = []
+        self.scheduled: Any = None
+
+    def add(self, item: Any) -> None:
+        self.dirty.append(item)
+        if self.scheduled is None:
+            self.scheduled = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = None
+        dirty, self.dirty = self.dirty, []
+        for item in dirty:
+            item.flush()
+
+
+class WriteCoalescer(EndOfTurn):
     """
     Sends what each WebSocket connection was given during one reactor turn
     with one system call at the end of the turn.
@@ -27,12 +58,10 @@ class WriteCoalescer:
     round trip on the poller (see L{send_now}).
     """
 
-    __slots__ = ("reactor", "dirty", "scheduled", "_joined_frames", "_joined")
+    __slots__ = ("_joined_frames", "_joined")
 
     def __init__(self, reactor: Any) -> None:
-        self.reactor = reactor
-        self.dirty: list[Any] = []
-        self.scheduled: Any = None
+        super().__init__(reactor)
         self._joined_frames: list[bytes] | None = None
         self._joined = b""
 
@@ -52,16 +81,8 @@ class WriteCoalescer:
         self._joined_frames, self._joined = frames, joined
         return joined
 
-    def add(self, client: Any) -> None:
-        self.dirty.append(client)
-        if self.scheduled is None:
-            self.scheduled = self.reactor.callLater(0, self.flush)
-
     def flush(self) -> None:
-        self.scheduled = None
-        dirty, self.dirty = self.dirty, []
-        for client in dirty:
-            client.flush()
+        super().flush()
         self._joined_frames, self._joined = None, b""
 
 
