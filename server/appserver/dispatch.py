@@ -89,8 +89,7 @@ class Dispatcher:
             self._handler_failed(client, envelope, Failure())
             return
         if isinstance(result, Deferred) or hasattr(result, "__await__"):
-            deferred = ensureDeferred(result) if not isinstance(result, Deferred) else result
-            deferred.addCallbacks(
+            ensureDeferred(result).addCallbacks(
                 lambda value: self._reply(client, envelope, value),
                 lambda failure: self._async_failed(client, envelope, failure))
         else:

@@ -74,29 +74,39 @@ def jsonp_callback(request: Request) -> str | None:
     return name
 
 
+def _origin_allowed(request: Request, runtime: "Runtime") -> bool:
+    """
+    Whether the request's page (its Origin header) may use this server; a
+    request without one (not from a page) may.
+    """
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return True
+    host = request.getHeader(b"host")
+    return runtime.origins.allows(origin.decode("latin-1"), host.decode("latin-1") if host else None)
+
+
 def _set_cors(request: Request, runtime: "Runtime") -> bool:
     """
     Add CORS headers when the request's origin may read the answer;
     returns whether it may.
     """
-    origin = request.getHeader(b"origin")
-    if origin is None:
-        return True
-    origin_text = origin.decode("latin-1")
-    host = request.getHeader(b"host")
-    if not runtime.origins.allows(origin_text, host.decode("latin-1") if host else None):
+    if not _origin_allowed(request, runtime):
         return False
-    request.setHeader(b"Access-Control-Allow-Origin", origin)
-    request.setHeader(b"Vary", b"Origin")
+    origin = request.getHeader(b"origin")
+    if origin is not None:
+        request.setHeader(b"Access-Control-Allow-Origin", origin)
+        request.setHeader(b"Vary", b"Origin")
     return True
 
 
-def write_json(request: Request, runtime: "Runtime", payload: Any, status: int = 200,
+def write_json(request: Request, runtime: "Runtime | None", payload: Any, status: int = 200,
                callback: str | None = None) -> bytes:
     """
     Serialize an answer as JSON, or JSONP when C{callback} is given. A JSONP
     error still answers 200 (a script that fails to load tells its page
-    nothing) and carries the status in the object.
+    nothing) and carries the status in the object. Without a C{runtime}
+    (pages outside any endpoint) no CORS headers are added.
     """
     request.setHeader(b"Cache-Control", b"no-store")
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
@@ -113,7 +123,8 @@ def write_json(request: Request, runtime: "Runtime", payload: Any, status: int =
         return b"/**/" + callback.encode("ascii") + b"(" + json_body + b");"
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", _JSON)
-    _set_cors(request, runtime)
+    if runtime is not None:
+        _set_cors(request, runtime)
     return body or encode(payload)
 
 
@@ -163,21 +174,9 @@ class JSONErrorPage(Resource):
             callback = jsonp_callback(request)
         except HTTPError:
             callback = None
-        if callback is not None:
-            # A JSONP caller only sees what reaches its callback.
-            request.setHeader(b"Cache-Control", b"no-store")
-            request.setHeader(b"X-Content-Type-Options", b"nosniff")
-            request.setResponseCode(200)
-            request.setHeader(b"Content-Type", _JAVASCRIPT)
-            body = encode({**_error_body(self.code, self.message), "status": self.status})
-            return b"" if request.method == b"HEAD" else b"/**/" + callback.encode("ascii") + b"(" + body + b");"
-        request.setResponseCode(self.status)
-        request.setHeader(b"Content-Type", _JSON)
-        request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        if request.method == b"HEAD":
-            return b""
-        return encode(_error_body(self.code, self.message))
+        # A JSONP caller only sees what reaches its callback.
+        body = write_json(request, None, _error_body(self.code, self.message), self.status, callback)
+        return b"" if request.method == b"HEAD" else body
 
 
 class JSONResource(Resource):
@@ -226,7 +225,7 @@ class JSONResource(Resource):
         if getattr(request, "too_large", False):
             return self._error(request, callback, 413, "too_large",
                                f"the body is larger than {self.runtime.settings.max_message_size} bytes")
-        if self.check_origin and not self._origin_allowed(request):
+        if self.check_origin and not _origin_allowed(request, self.runtime):
             origin = (request.getHeader(b"origin") or b"").decode("latin-1")
             self.log.warn("refused {method} {path} from origin {origin!r}; {advice}",
                           method=method.decode(), path=request.path.decode("latin-1"),
@@ -243,20 +242,10 @@ class JSONResource(Resource):
             return NOT_DONE_YET
         if isinstance(result, Rendered):
             return self._body(request, result.body)
-        if isinstance(result, Deferred):
-            self._finish_later(request, callback, result)
-            return NOT_DONE_YET
-        if hasattr(result, "__await__"):
+        if isinstance(result, Deferred) or hasattr(result, "__await__"):
             self._finish_later(request, callback, ensureDeferred(result))
             return NOT_DONE_YET
         return self._body(request, write_json(request, self.runtime, result, 200, callback))
-
-    def _origin_allowed(self, request: Request) -> bool:
-        origin = request.getHeader(b"origin")
-        if origin is None:
-            return True
-        host = request.getHeader(b"host")
-        return self.runtime.origins.allows(origin.decode("latin-1"), host.decode("latin-1") if host else None)
 
     def _finish_later(self, request: Request, callback: str | None, result: Deferred[Any]) -> None:
         finished: list[bool] = []
