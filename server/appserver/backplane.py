@@ -137,6 +137,12 @@ class IBackplane(Interface):
         route here.
         """
 
+    def not_ready() -> list[str]:
+        """
+        Readiness (C{/readyz}): why this node is not fully part of the
+        cluster now, or nothing.
+        """
+
     def route_session_request(resource: "Resource", request: "Request", session_id: str) -> "bytes | int | None":
         """
         Called by an Ajax session endpoint (C{resource}) for a session this
@@ -169,6 +175,9 @@ class MemoryBackplane:
 
     def stop(self) -> None:
         return None
+
+    def not_ready(self) -> list[str]:
+        return []
 
     def publish(self, stream: str, envelope: dict[str, Any], key: Hashable | None) -> Outgoing:
         tracker = self.tracker

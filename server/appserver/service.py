@@ -118,10 +118,8 @@ class AppServerService(MultiService):
         self.runtime: Runtime = build_runtime(settings, app, reactor, events=events)
         if isinstance(events, MetricsEvents):
             events.bind(self.runtime)
-        self.runtime.readiness_checks.append(self._sites_not_listening)
-        not_ready = getattr(self.runtime.tracker.backplane, "not_ready", None)
-        if not_ready is not None:
-            self.runtime.readiness_checks.append(not_ready)
+        self.runtime.readiness_checks.extend([self._sites_not_listening,
+                                              self.runtime.tracker.backplane.not_ready])
         self.ports: dict[str, int] = {}
         self._tasks: list[LoopingCall] = []
         self._build_sites()
