@@ -11,7 +11,7 @@ nothing is lost or duplicated between polls.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -78,13 +78,10 @@ class AjaxSession(Client):
             return
         self.closed = True
         self.close_reason = (code, reason)
-        request, callback = self.waiting, self.waiting_callback
-        if request is not None:
-            # What is still queued (a shutdown's reconnect envelope) goes
-            # out with the close, in the same answer.
-            self._clear_waiting()
-            request.write(self._render(request, callback, closed={"code": code, "reason": reason}))
-            request.finish()
+        # What is still queued (a shutdown's reconnect envelope) goes out
+        # with the close, in the same answer.
+        closed = {"code": code, "reason": reason}
+        self._finish_waiting(lambda request, callback: self._render(request, callback, closed=closed))
         self.registry.forget(self)
 
     # Polling ----------------------------------------------------------------
@@ -133,14 +130,7 @@ class AjaxSession(Client):
         end-of-turn batch calls this after messages arrived).
         """
         self._flush_due = False
-        request = self.waiting
-        if request is None:
-            return
-        callback = self.waiting_callback
-        self._clear_waiting()
-        request.write(self._render(request, callback))
-        request.finish()
-        self._start_idle_timer()
+        self._finish_waiting(self._render)
 
     def _answer_waiting_empty(self) -> None:
         self._answer({"messages": [], "position": self._empty_position()})
@@ -158,12 +148,20 @@ class AjaxSession(Client):
         return pending[0][0] - 1 if pending else queue.last_seq
 
     def _answer(self, payload: dict[str, Any]) -> None:
+        self._finish_waiting(
+            lambda request, callback: write_json(request, self.registry.runtime, payload, 200, callback))
+
+    def _finish_waiting(self, body: Callable[[Request, str | None], bytes]) -> None:
+        """
+        Answer the waiting poll, if any, with C{body(request, callback)};
+        the idle timer runs again until the next poll.
+        """
         request = self.waiting
         if request is None:
             return
         callback = self.waiting_callback
         self._clear_waiting()
-        request.write(write_json(request, self.registry.runtime, payload, 200, callback))
+        request.write(body(request, callback))
         request.finish()
         if not self.closed:
             self._start_idle_timer()
