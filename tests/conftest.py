@@ -60,6 +60,26 @@ def server_process(tmp_path):
         process.stop()
 
 
+@pytest.fixture
+def clients():
+    """
+    Recovering clients (tests/support/recovering_client.py) stopped at the
+    end of the test: C{client = clients(RecoveringWebSocket(...))}.
+    """
+    import pytest_twisted
+    from twisted.internet import defer
+
+    made = []
+
+    def track(client):
+        made.append(client)
+        return client
+
+    yield track
+    for client in made:
+        pytest_twisted.blockon(defer.ensureDeferred(client.stop()))
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("APPSERVER_SKIP_BROWSER"):
         skip = pytest.mark.skip(reason="APPSERVER_SKIP_BROWSER is set")

@@ -21,7 +21,7 @@ from twisted.logger import capturedLogs
 from appserver import App, Context, HTTPError, ProtocolError
 from appserver.app import load_app
 from appserver.apps.chat import app as chat_app
-from appserver.websocket import TrackedProtocol
+from appserver.apps.echo import app as echo_app
 from support.wsclient import next_message, open_client, send, sleep, wait_closed, wait_until
 
 # Helpers ---------------------------------------------------------------------
@@ -428,20 +428,9 @@ async def test_startup_hooks_get_the_server_and_the_reactor(server_factory, reac
 # Raw endpoints ---------------------------------------------------------------
 
 
-def with_echo() -> App:
-    app = App("echo").include(chat_app)
-
-    @app.endpoint("/echo")
-    class Echo(TrackedProtocol):
-        def onMessage(self, payload, isBinary):
-            self.sendMessage(payload, isBinary)
-
-    return app
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_raw_endpoint_echoes_text_and_binary_frames(server_factory, reactor):
-    server = await server_factory(app=with_echo())
+    server = await server_factory(app=echo_app)
     echo = await open_client(server.ws_url + "echo", reactor)
     echo.sendMessage(b"not an envelope {", isBinary=False)
     echo.sendMessage(b"\x00\xff\x10", isBinary=True)
@@ -451,7 +440,7 @@ async def test_a_raw_endpoint_echoes_text_and_binary_frames(server_factory, reac
 
 @pytest_twisted.ensureDeferred
 async def test_a_raw_endpoint_client_is_counted_but_gets_no_envelopes(server_factory, reactor):
-    server = await server_factory(app=with_echo())
+    server = await server_factory(app=echo_app)
     echo = await open_client(server.ws_url + "echo", reactor)
     chatter = await connect(server, reactor)
     await wait_until(lambda: server.tracker.client_count == 2, reactor)
@@ -469,7 +458,7 @@ async def test_a_raw_endpoint_client_is_counted_but_gets_no_envelopes(server_fac
 
 @pytest_twisted.ensureDeferred
 async def test_a_raw_endpoint_gets_the_server_size_limit(server_factory, reactor):
-    server = await server_factory(app=with_echo(), max_message_size=1024)
+    server = await server_factory(app=echo_app, max_message_size=1024)
     echo = await open_client(server.ws_url + "echo", reactor)
     echo.sendMessage(b"x" * 2048)
     code, _ = await wait_closed(echo, reactor)
@@ -478,7 +467,7 @@ async def test_a_raw_endpoint_gets_the_server_size_limit(server_factory, reactor
 
 @pytest_twisted.ensureDeferred
 async def test_an_unknown_websocket_path_is_refused(server_factory, reactor):
-    server = await server_factory(app=with_echo())
+    server = await server_factory(app=echo_app)
     with pytest.raises(Exception):
         await open_client(server.ws_url + "nothing", reactor, timeout=2.0)
 

@@ -43,19 +43,6 @@ def proxies(reactor):
         pytest_twisted.blockon(defer.ensureDeferred(proxy.stop()))
 
 
-@pytest.fixture
-def clients():
-    made = []
-
-    def track(client):
-        made.append(client)
-        return client
-
-    yield track
-    for client in made:
-        pytest_twisted.blockon(defer.ensureDeferred(client.stop()))
-
-
 class Publisher:
     """
     Publishes C{count} numbered messages on a channel, one every

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer
 
 from appserver.persistence import load_state, save_state
 from appserver.tracker import ClientTracker, TrackerLimits
@@ -62,19 +61,6 @@ async def publish(process, channel: str, data) -> dict:
     response = await treq.post(process.url("ajax") + "/publish", body, persistent=False)
     assert response.code == 200, await response.text()
     return await response.json()
-
-
-@pytest.fixture
-def clients():
-    made = []
-
-    def track(client):
-        made.append(client)
-        return client
-
-    yield track
-    for client in made:
-        pytest_twisted.blockon(defer.ensureDeferred(client.stop()))
 
 
 # SIGTERM ----------------------------------------------------------------------------------------

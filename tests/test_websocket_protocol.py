@@ -18,21 +18,10 @@ from twisted.test import iosim
 from appserver.app import App
 from appserver.apps.chat import app as chat_app
 from appserver.envelope import MAX_TYPE_LENGTH
-from appserver.websocket import TrackedProtocol
+from appserver.apps.echo import app as echo_app
 from support.wsclient import STATIC_PORT, WS_PORT, MemoryWebSocket, make_runtime
 
 OWN_ORIGIN = f"http://127.0.0.1:{STATIC_PORT}"
-
-
-def echo_app():
-    app = App("echo").include(chat_app)
-
-    @app.endpoint("/echo")
-    class Echo(TrackedProtocol):
-        def onMessage(self, payload, isBinary):
-            self.sendMessage(payload, isBinary)
-
-    return app
 
 
 @pytest.fixture
@@ -454,7 +443,7 @@ def test_a_reconnecting_client_resumes_with_what_it_missed(ws):
 
 
 def test_a_raw_endpoint_is_counted_and_speaks_its_own_protocol(harness_factory):
-    ws = harness_factory(app=echo_app())
+    ws = harness_factory(app=echo_app)
     raw = ws.connect(path="/echo")
     envelope = ws.connect()
     assert count(ws) == 2
@@ -469,7 +458,7 @@ def test_a_raw_endpoint_is_counted_and_speaks_its_own_protocol(harness_factory):
 
 
 def test_an_unknown_websocket_path_is_a_404(harness_factory):
-    ws = harness_factory(app=echo_app())
+    ws = harness_factory(app=echo_app)
     peer, pump, _ = raw_connect(ws, b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1:9002\r\n\r\n")
     pump.flush()
     assert peer.received.startswith(b"HTTP/1.1 404")
