@@ -243,9 +243,7 @@ class SessionRegistry:
         self.sessions[session.client_id] = session
         tracker.register(session)
         session._start_idle_timer()
-        tracker.send_to(session, {"type": "welcome", "data": {
-            "client_id": session.client_id, "epoch": tracker.epoch,
-            "position": session.connected_at, "transport": "ajax"}})
+        tracker.welcome(session)
         self.log.info("Ajax session open {client_id} peer={peer} origin={origin} transport={transport}",
                       client_id=session.client_id, peer=peer, origin=origin, transport=session.transport)
         return session

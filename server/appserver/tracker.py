@@ -340,6 +340,15 @@ class ClientTracker:
         self.events.sent(1, message)
         return True
 
+    def welcome(self, client: Client) -> None:
+        """
+        The first envelope of every connection or Ajax session: who the
+        client is and where the stream stands, for a later C{resume}.
+        """
+        self.send_to(client, {"type": "welcome", "data": {
+            "client_id": client.client_id, "epoch": self.epoch,
+            "position": client.connected_at, "transport": client.transport}})
+
     def send_to_room(self, room: str, envelope: dict[str, Any]) -> int:
         """
         Send one envelope to every member of a room; returns how many (on

@@ -186,7 +186,7 @@ class TrackedProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(503, "server shutting down; reconnect elsewhere")
         if not runtime.origins.allows(origin, request.headers.get("host")):
             self.events_log.warn("refused WebSocket from {peer}: origin {origin!r} not allowed; {advice}",
-                          peer=self.peer, origin=origin, advice=runtime.origins.advice(origin or ""))
+                                 peer=self.peer, origin=origin, advice=runtime.origins.advice(origin or ""))
             raise ConnectionDeny(403, "origin not allowed")
         ip = self.transport.getPeer().host if hasattr(self.transport.getPeer(), "host") else self.peer
         refusal = runtime.limiter.refusal(ip)
@@ -228,8 +228,8 @@ class TrackedProtocol(WebSocketServerProtocol):
         self._watch_backpressure(client)
         runtime.tracker.register(client)
         self.events_log.info("WebSocket open {client_id} peer={peer} origin={origin} transport={transport}",
-                      client_id=client.client_id, peer=self.peer, origin=self._origin,
-                      transport=client.transport)
+                             client_id=client.client_id, peer=self.peer, origin=self._origin,
+                             transport=client.transport)
         self._release_handshake()
 
     def _release_handshake(self) -> None:
@@ -286,8 +286,8 @@ class TrackedProtocol(WebSocketServerProtocol):
             code = self.remoteCloseCode if self.remoteCloseCode is not None else self.localCloseCode
             runtime.tracker.events.closed(client, code)
             self.events_log.info("WebSocket closed {client_id} peer={peer} origin={origin} transport={transport} "
-                          "code={code}", client_id=client.client_id, peer=self.peer, origin=self._origin,
-                          transport=client.transport, code=code)
+                                 "code={code}", client_id=client.client_id, peer=self.peer, origin=self._origin,
+                                 transport=client.transport, code=code)
             self.client = None
 
 
@@ -300,12 +300,8 @@ class EnvelopeProtocol(TrackedProtocol):
 
     def onOpen(self) -> None:
         super().onOpen()
-        client = self.client
-        assert client is not None
-        tracker = self.factory.runtime.tracker
-        tracker.send_to(client, {"type": "welcome", "data": {
-            "client_id": client.client_id, "epoch": tracker.epoch,
-            "position": client.connected_at, "transport": "websocket"}})
+        assert self.client is not None
+        self.factory.runtime.tracker.welcome(self.client)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         client = self.client
