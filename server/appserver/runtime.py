@@ -52,9 +52,6 @@ class Runtime:
     metrics: Any = None
     readiness_checks: list[Callable[[], Any]] = field(default_factory=list)
 
-    def clock(self) -> float:
-        return self.reactor.seconds()
-
     def authenticate(self, info: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
         """
         Run the application's authentication hooks on a new connection.
