@@ -254,8 +254,11 @@ def closing():
 # Two nodes, both transports ------------------------------------------------------
 
 
-@pytest_twisted.ensureDeferred
-async def test_websocket_on_one_node_and_ajax_on_another_chat_both_ways(cluster, redis, reactor, closing):
+async def websocket_on_a_ajax_on_b(cluster, reactor, closing):
+    """
+    Two nodes, a WebSocket client on the first and a polling Ajax client on
+    the second.
+    """
     a = cluster("a")
     b = cluster("b")
     ws = await WS.open(a.url("ws"), reactor)
@@ -263,6 +266,12 @@ async def test_websocket_on_one_node_and_ajax_on_another_chat_both_ways(cluster,
     ajax = await Ajax([b.url("ajax")]).connect()
     closing(ajax)
     ajax.start_polling(reactor)
+    return a, b, ws, ajax
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_on_one_node_and_ajax_on_another_chat_both_ways(cluster, redis, reactor, closing):
+    a, b, ws, ajax = await websocket_on_a_ajax_on_b(cluster, reactor, closing)
     welcome = await ajax.wait_for(reactor, lambda m: m["type"] == "welcome")
     assert welcome["data"]["epoch"] == ws.welcome["epoch"]
 
@@ -279,13 +288,7 @@ async def test_websocket_on_one_node_and_ajax_on_another_chat_both_ways(cluster,
 
 @pytest_twisted.ensureDeferred
 async def test_channel_messages_cross_nodes_once_each_in_order(cluster, redis, reactor, closing):
-    a = cluster("a")
-    b = cluster("b")
-    ws = await WS.open(a.url("ws"), reactor)
-    closing(ws)
-    ajax = await Ajax([b.url("ajax")]).connect()
-    closing(ajax)
-    ajax.start_polling(reactor)
+    a, b, ws, ajax = await websocket_on_a_ajax_on_b(cluster, reactor, closing)
     ws.send("subscribe", {"channel": "news"})
     await ajax.send("subscribe", {"channel": "news"})
     await ws.wait_for(reactor, lambda m: m["type"] == "subscribed")
@@ -308,13 +311,7 @@ async def test_channel_messages_cross_nodes_once_each_in_order(cluster, redis, r
 
 @pytest_twisted.ensureDeferred
 async def test_counts_and_presence_are_global(cluster, redis, reactor, closing):
-    a = cluster("a")
-    b = cluster("b")
-    ws = await WS.open(a.url("ws"), reactor)
-    closing(ws)
-    ajax = await Ajax([b.url("ajax")]).connect()
-    closing(ajax)
-    ajax.start_polling(reactor)
+    a, b, ws, ajax = await websocket_on_a_ajax_on_b(cluster, reactor, closing)
 
     for site in (a, b):
         answer = await eventually(reactor, lambda site=site: _counts_match(site, 2, 1, 1))
