@@ -247,7 +247,6 @@ async def test_a_non_reading_client_does_not_hold_back_a_hundred_others(server_f
     sent, largest_frame = [], 0
 
     try:
-        started = reactor.seconds()
         for n in range(400):
             message = tracker.broadcast("tick", {"n": n, "pad": padding})
             sent.append(message.pos)
@@ -255,12 +254,11 @@ async def test_a_non_reading_client_does_not_hold_back_a_hundred_others(server_f
             watch.sample()
             if n % 10 == 9:
                 await sleep(reactor, 0)    # a stream in bursts of ten
+        # A bounded wait, not a speed claim: the readers are never held back.
         await wait_until(lambda: all(len(r.positions("tick")) == len(sent) for r in others), reactor, timeout=5)
-        elapsed = reactor.seconds() - started
 
         for reader in others:
             assert reader.positions("tick") == sent
-        assert elapsed < 5
         assert slow_client.closed and slow_client.protocol.localCloseCode == SLOW_CONSUMER_CLOSE_CODE
         assert watch.queue_messages <= max_messages and watch.queue_bytes <= max_bytes
         # The transport stops growing at the high-water mark: one frame may
