@@ -86,8 +86,8 @@ class Redis:
 
 HOT_PATH = r"""
 import sys, time
-from appserver.tracker import ClientTracker, TrackerLimits
-from appserver.client import Client
+from appserver._core.tracker import ClientTracker, TrackerLimits
+from appserver._core.client import Client
 
 class Sink(Client):
     transport = "websocket"
@@ -139,9 +139,9 @@ def redis_cost(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "server"))
     from twisted.internet import defer, task
 
-    from appserver.backplane import MemoryBackplane
-    from appserver.redis_backplane import RedisBackplane, parse_redis_url
-    from appserver.tracker import ClientTracker, TrackerLimits
+    from appserver._core.backplane import MemoryBackplane
+    from appserver._redis.backplane import RedisBackplane, parse_redis_url
+    from appserver._core.tracker import ClientTracker, TrackerLimits
 
     redis = Redis()
 

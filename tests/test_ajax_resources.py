@@ -8,7 +8,7 @@ import json
 import pytest
 from twisted.logger import capturedLogs
 
-from appserver.app import App
+from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
 from support.wsclient import STATIC_PORT, AjaxStub, make_runtime
 

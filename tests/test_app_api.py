@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs
 
 from appserver import App, Context, HTTPError, ProtocolError
-from appserver.app import load_app
+from appserver._server.app import load_app
 from appserver.apps.chat import app as chat_app
 from appserver.apps.echo import app as echo_app
 from support.wsclient import next_message, open_client, send, sleep, wait_closed, wait_until

@@ -13,11 +13,11 @@ import pytest
 from zope.interface import implementer
 from zope.interface.verify import verifyClass, verifyObject
 
-from appserver.backplane import IBackplane, MemoryBackplane, make_backplane
-from appserver.client import Client
-from appserver.envelope import Outgoing
-from appserver.settings import Settings
-from appserver.tracker import GLOBAL_STREAM, ClientTracker, TrackerLimits
+from appserver._core.backplane import IBackplane, MemoryBackplane, make_backplane
+from appserver._core.client import Client
+from appserver._core.envelope import Outgoing
+from appserver._server.settings import Settings
+from appserver._core.tracker import GLOBAL_STREAM, ClientTracker, TrackerLimits
 
 
 class RecordingClient(Client):
@@ -66,7 +66,7 @@ def test_memory_backplane_provides_the_interface() -> None:
 
 
 def test_redis_backplane_implements_the_interface() -> None:
-    from appserver.redis_backplane import RedisBackplane
+    from appserver._redis.backplane import RedisBackplane
     verifyClass(IBackplane, RedisBackplane)
 
 
@@ -88,13 +88,13 @@ def test_make_backplane_rejects_an_unknown_scheme() -> None:
     ("redis://127.0.0.1:6379/0?prefix=no spaces", "prefix"),
 ])
 def test_redis_urls_are_checked(url: str, message: str) -> None:
-    from appserver.redis_backplane import parse_redis_url
+    from appserver._redis.backplane import parse_redis_url
     with pytest.raises(ValueError, match=message):
         parse_redis_url(url)
 
 
 def test_a_redis_url_names_host_port_database_and_bounds() -> None:
-    from appserver.redis_backplane import parse_redis_url
+    from appserver._redis.backplane import parse_redis_url
     location = parse_redis_url("redis://:s3cret@10.0.0.5:6380/2?prefix=chat&heartbeat=1&ttl=4")
     assert (location.host, location.port, location.db, location.password) == ("10.0.0.5", 6380, 2, "s3cret")
     assert (location.prefix, location.heartbeat, location.ttl) == ("chat", 1.0, 4.0)
@@ -104,7 +104,7 @@ def test_a_redis_url_names_host_port_database_and_bounds() -> None:
 
 
 def test_a_node_id_must_be_usable_in_a_session_id() -> None:
-    from appserver.redis_backplane import RedisBackplane, parse_redis_url
+    from appserver._redis.backplane import RedisBackplane, parse_redis_url
     with pytest.raises(ValueError, match="node-id"):
         RedisBackplane(parse_redis_url("redis://localhost"), "a.b", reactor=None)
 

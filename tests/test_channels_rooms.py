@@ -414,10 +414,10 @@ def test_publish_without_a_token_configured_is_refused_to_other_hosts():
     from twisted.internet.testing import MemoryReactorClock
     from twisted.web.test.requesthelper import DummyRequest
 
-    from appserver.ajax import build_ajax_resource
+    from appserver._web.sites import build_ajax_resource
     from appserver.apps.chat import app as chat_app
-    from appserver.runtime import build_runtime
-    from appserver.settings import Settings
+    from appserver._server.runtime import build_runtime
+    from appserver._server.settings import Settings
 
     runtime = build_runtime(Settings(), chat_app, MemoryReactorClock())
     publish = build_ajax_resource(runtime).children[b"publish"]

@@ -13,8 +13,8 @@ import tomllib
 import pytest
 from twisted.python import usage
 
-from appserver.config import render_toml, resolve_configuration
-from appserver.settings import OPTION_SPECS, Settings
+from appserver._server.config import render_toml, resolve_configuration
+from appserver._server.settings import OPTION_SPECS, Settings
 from appserver.tap import Options
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--pidfile=", "-n"]

@@ -10,14 +10,14 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
-from appserver.app import App
+from appserver._server.app import App
 from appserver.apps.chat import MAX_CHAT_LENGTH
 from appserver.apps.chat import app as chat_app
-from appserver.client import Client
-from appserver.dispatch import RATE_LIMIT_CLOSE_AFTER, RATE_LIMIT_CLOSE_CODE, Dispatcher
-from appserver.envelope import Envelope, ProtocolError
-from appserver.limits import TokenBucket
-from appserver.tracker import ClientTracker, TrackerEvents, TrackerLimits
+from appserver._core.client import Client
+from appserver._server.dispatch import RATE_LIMIT_CLOSE_AFTER, RATE_LIMIT_CLOSE_CODE, Dispatcher
+from appserver._core.envelope import Envelope, ProtocolError
+from appserver._server.limits import TokenBucket
+from appserver._core.tracker import ClientTracker, TrackerEvents, TrackerLimits
 
 
 class FakeClient(Client):

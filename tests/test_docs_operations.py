@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from appserver.config import resolve_configuration
+from appserver._server.config import resolve_configuration
 
 OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 

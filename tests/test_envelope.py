@@ -8,7 +8,7 @@ import json
 import pytest
 from autobahn.websocket.protocol import PreparedMessage
 
-from appserver.envelope import (MAX_ID_LENGTH, MAX_TYPE_LENGTH, Envelope, Outgoing, ProtocolError,
+from appserver._core.envelope import (MAX_ID_LENGTH, MAX_TYPE_LENGTH, Envelope, Outgoing, ProtocolError,
                                 error_payload, parse_envelope, validate_envelope)
 
 

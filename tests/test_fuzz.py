@@ -10,9 +10,9 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appserver.app import App
+from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
-from appserver.envelope import ProtocolError, parse_envelope
+from appserver._core.envelope import ProtocolError, parse_envelope
 from support.wsclient import AjaxStub, MemoryWebSocket, make_runtime
 
 ERROR_CODES = {"bad_json", "bad_envelope", "unknown_type", "bad_data", "binary_unsupported", "rate_limited",

@@ -2,8 +2,8 @@
 Stream history: what a reconnecting client can still be given.
 """
 
-from appserver.envelope import Outgoing
-from appserver.history import StreamHistory
+from appserver._core.envelope import Outgoing
+from appserver._core.history import StreamHistory
 
 
 class FakeClock:

@@ -10,9 +10,9 @@ import json
 import pytest_twisted
 import treq
 
-from appserver.app import App
+from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
-from appserver.websocket import TrackedProtocol
+from appserver._web.websocket import TrackedProtocol
 from support.wsclient import next_message, open_client, raw_request, wait_closed, wait_until
 
 

@@ -173,7 +173,7 @@ def test_an_oversized_jsonp_message_is_413_through_the_callback(ajax):
 
 
 def test_an_error_never_carries_a_traceback(ajax):
-    from appserver.app import App
+    from appserver._server.app import App
     from twisted.logger import capturedLogs
     app = App()
 
@@ -189,7 +189,7 @@ def test_an_error_never_carries_a_traceback(ajax):
 
 
 def test_an_app_route_answers_json_jsonp_and_http_errors():
-    from appserver.app import App, HTTPError
+    from appserver._server.app import App, HTTPError
     app = App()
 
     @app.route("/price", methods=("GET", "POST"))
@@ -208,7 +208,7 @@ def test_an_app_route_answers_json_jsonp_and_http_errors():
 
 def test_an_async_app_route_answers_when_done():
     from twisted.internet import defer
-    from appserver.app import App
+    from appserver._server.app import App
     app = App()
     waiting = defer.Deferred()
 
@@ -249,7 +249,7 @@ def test_disconnect_without_callback_by_get_or_head_is_405_with_allow(ajax, meth
 
 
 def test_an_app_route_gets_utf8_query_names_and_skips_undecodable_ones():
-    from appserver.app import App
+    from appserver._server.app import App
     app = App()
 
     @app.route("/echo")

@@ -2,7 +2,7 @@
 Rate and connection limits.
 """
 
-from appserver.limits import ConnectionLimiter, TokenBucket
+from appserver._server.limits import ConnectionLimiter, TokenBucket
 
 
 def test_a_token_bucket_allows_a_burst_then_refuses():

@@ -23,9 +23,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import capturedLogs, formatEvent
 
-from appserver.app import App
+from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
-from appserver.dispatch import RATE_LIMIT_CLOSE_AFTER, RATE_LIMIT_CLOSE_CODE
+from appserver._server.dispatch import RATE_LIMIT_CLOSE_AFTER, RATE_LIMIT_CLOSE_CODE
 from support.wsclient import next_message, open_client, sleep, wait_closed, wait_until
 
 

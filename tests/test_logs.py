@@ -18,8 +18,8 @@ from twisted.internet import task
 from twisted.logger import LogLevel, Logger, LogPublisher, formatEvent
 from twisted.python.failure import Failure
 
-from appserver import logs
-from appserver.logs import json_line, json_lines_observer, twistd_json_observer, use_json_logging_in_twistd
+from appserver._server import logs
+from appserver._server.logs import json_line, json_lines_observer, twistd_json_observer, use_json_logging_in_twistd
 from support.wsclient import next_message, open_client, wait_closed
 
 TIMEOUT = 5

@@ -12,9 +12,9 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 
-from appserver.app import App
+from appserver._server.app import App
 from support.wsclient import next_message, open_client, wait_closed, wait_until
-from appserver.metrics import MetricsEvents
+from appserver._server.metrics import MetricsEvents
 
 TIMEOUT = 5
 

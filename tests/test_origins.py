@@ -5,7 +5,7 @@ configured, never a look-alike host.
 
 import pytest
 
-from appserver.origins import OriginPolicy, compile_origin_pattern
+from appserver._server.origins import OriginPolicy, compile_origin_pattern
 
 PORTS = {9000, 9001, 9002}
 

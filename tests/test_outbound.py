@@ -4,8 +4,8 @@ The bounded outgoing queue and its overflow policies.
 
 import pytest
 
-from appserver.envelope import Outgoing
-from appserver.outbound import CONFLATE, DISCONNECT, DROP_OLDEST, OutboundQueue, Overflow
+from appserver._core.envelope import Outgoing
+from appserver._core.outbound import CONFLATE, DISCONNECT, DROP_OLDEST, OutboundQueue, Overflow
 
 
 def message(text, key=None):

@@ -7,8 +7,8 @@ name the option at fault.
 import pytest
 from twisted.python import usage
 
-from appserver.service import AppServerService
-from appserver.settings import OPTION_SPECS, Settings, SettingsError, parse_size
+from appserver._server.service import AppServerService
+from appserver._server.settings import OPTION_SPECS, Settings, SettingsError, parse_size
 from appserver.tap import Options, makeService
 
 

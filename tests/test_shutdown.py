@@ -21,8 +21,8 @@ import pytest
 import pytest_twisted
 import treq
 
-from appserver.persistence import load_state, save_state
-from appserver.tracker import ClientTracker, TrackerLimits
+from appserver._server.persistence import load_state, save_state
+from appserver._core.tracker import ClientTracker, TrackerLimits
 from support.servers import fixed_ports, free_ports
 from support.recovering_client import RecoveringAjax, RecoveringWebSocket
 from support.wsclient import has_fired, next_message, open_client, sleep, wait_closed

@@ -29,9 +29,9 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from appserver.app import App
+from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
-from appserver.client import SLOW_CONSUMER_CLOSE_CODE
+from appserver._core.client import SLOW_CONSUMER_CLOSE_CODE
 from support.wsclient import sleep, wait_until
 
 #: Twisted pauses a transport's producer past this many buffered bytes.

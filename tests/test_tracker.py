@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from appserver.client import SLOW_CONSUMER_CLOSE_CODE, Client
-from appserver.envelope import ProtocolError
-from appserver.tracker import (ClientTracker, TrackerEvents, TrackerLimits, validate_channel_name,
-                               validate_room_name, validate_username)
+from appserver._core.client import SLOW_CONSUMER_CLOSE_CODE, Client
+from appserver._core.envelope import ProtocolError
+from appserver._core.tracker import ClientTracker, TrackerEvents, TrackerLimits
+from appserver._core.names import validate_channel_name, validate_room_name, validate_username
 
 
 class FakeClock:

@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 import treq
 
-from appserver.settings import OPTION_SPECS
+from appserver._server.settings import OPTION_SPECS
 from support.servers import ServerProcess
 from support.wsclient import next_message, open_client, wait_closed
 

@@ -15,9 +15,9 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import capturedLogs
 from twisted.test import iosim
 
-from appserver.app import App
+from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
-from appserver.envelope import MAX_TYPE_LENGTH
+from appserver._core.envelope import MAX_TYPE_LENGTH
 from appserver.apps.echo import app as echo_app
 from support.wsclient import STATIC_PORT, WS_PORT, MemoryWebSocket, make_runtime
 

@@ -6,7 +6,7 @@ plain TCP transports with an empty buffer get.
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from appserver.writes import WriteCoalescer, has_backlog, send_now
+from appserver._web.writes import WriteCoalescer, has_backlog, send_now
 
 
 class Flushable:

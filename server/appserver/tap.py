@@ -1,7 +1,7 @@
 """
 C{twistd appserver}: command-line options and the service they build.
 
-Every option is described once, in L{appserver.settings.OPTION_SPECS}; this
+Every option is described once, in L{appserver._server.settings.OPTION_SPECS}; this
 module turns those descriptions into twistd options and the parsed values
 into L{Settings}.
 """
@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import os
 import sys
+
+import txaio
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
-from .app import load_app
-from .config import render_toml, resolve_configuration
-from .logs import use_json_logging_in_twistd
-from .service import AppServerService
-from .settings import OPTION_SPECS, SettingsError
+from appserver._server.app import load_app
+from appserver._server.config import render_toml, resolve_configuration
+from appserver._server.logs import use_json_logging_in_twistd
+from appserver._core.tracker import TrackerEvents
+from appserver._server.app import App
+from appserver._server.settings import Settings
+from appserver._web.sites import build_sites
+from appserver._server.metrics import MetricsEvents
+from appserver._server.runtime import build_runtime
+from appserver._server.service import AppServerService
+from appserver._server.settings import OPTION_SPECS, SettingsError
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "build_service"]
 
 
 def _describe(spec: Any) -> str:
@@ -96,4 +104,28 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> AppServerService:
-    return AppServerService(options.settings, options.app)
+    return build_service(options.settings, options.app)
+
+
+def build_service(settings: Settings, app: App, reactor: Any = None,
+                  events: TrackerEvents | None = None) -> AppServerService:
+    """
+    The whole server as one service: the runtime (one tracker shared by
+    every site), then one listening service per site.
+
+    @param events: what observes the tracker; Prometheus metrics by default.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    # Autobahn logs every frame at debug level, and twistd shows every
+    # level: keep its chatter out of production logs.
+    txaio.set_global_log_level("info")
+    if events is None:
+        events = MetricsEvents(process_metrics=True)
+    runtime = build_runtime(settings, app, reactor, events=events)
+    if isinstance(events, MetricsEvents):
+        events.bind(runtime)
+    service = AppServerService(runtime)
+    for spec in build_sites(runtime):
+        service.add_site(spec.name, spec.description, spec.site)
+    return service

@@ -28,7 +28,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 
 # Autobahn's own timer rounds deadlines down to whole seconds; sub-second
 # client pings need the server's precise one.
-from appserver.websocket import _PreciseTimer
+from appserver._web.websocket import _PreciseTimer
 
 __all__ = ["RecoveringWebSocket", "RecoveringAjax"]
 

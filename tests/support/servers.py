@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appserver.app import App
+from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
-from appserver.service import AppServerService
-from appserver.settings import Settings
+from appserver._server.service import AppServerService
+from appserver.tap import build_service
+from appserver._server.settings import Settings
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -75,7 +76,7 @@ async def running_service(reactor: Any, app: App | None = None, **options: Any) 
                               "shutdown_timeout": 1.0}
     values.update(options)
     settings = Settings.from_mapping(values)
-    service = AppServerService(settings, app or chat_app, reactor=reactor)
+    service = build_service(settings, app or chat_app, reactor=reactor)
     service.startService()
     return RunningServer(service)
 

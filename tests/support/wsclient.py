@@ -29,11 +29,11 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from treq.testing import StubTreq
 
-from appserver.app import App
+from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
-from appserver.jsonweb import LoggingSite
-from appserver.runtime import Runtime, build_runtime
-from appserver.settings import Settings
+from appserver._web.site import LoggingSite
+from appserver._server.runtime import Runtime, build_runtime
+from appserver._server.settings import Settings
 
 __all__ = ["STATIC_PORT", "AJAX_PORT", "WS_PORT", "make_runtime", "resolved", "has_fired", "AjaxStub", "Answer",
            "MemoryWebSocket", "MemoryClient", "RecordingClient", "open_client", "next_message",
@@ -111,7 +111,7 @@ class AjaxStub:
     """
 
     def __init__(self, runtime: Runtime, host: str = f"127.0.0.1:{AJAX_PORT}") -> None:
-        from appserver.ajax import build_ajax_resource
+        from appserver._web.sites import build_ajax_resource
         self.runtime = runtime
         self.clock: MemoryReactorClock = runtime.reactor
         self.root = build_ajax_resource(runtime)
@@ -290,7 +290,7 @@ class MemoryWebSocket:
     """
 
     def __init__(self, runtime: Runtime) -> None:
-        from appserver.websocket import build_websocket_resource
+        from appserver._web.sites import build_websocket_resource
         self.runtime = runtime
         self.clock: MemoryReactorClock = runtime.reactor
         self._previous_loop = txaio.config.loop

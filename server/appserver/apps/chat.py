@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from appserver.app import App, Context
-from appserver.envelope import ProtocolError
+from appserver import App, Context, ProtocolError
 
 __all__ = ["app", "MAX_CHAT_LENGTH"]
 

@@ -9,9 +9,8 @@ policy, and its clients are counted by the tracker.
 
 from __future__ import annotations
 
-from appserver.app import App
+from appserver import App, TrackedProtocol
 from appserver.apps.chat import app as chat
-from appserver.websocket import TrackedProtocol
 
 __all__ = ["app", "Echo"]
 

@@ -29,10 +29,8 @@ from typing import Any
 
 from twisted.internet.task import deferLater
 
-from appserver.app import App, Context, RouteRequest
+from appserver import App, ClientTracker, Context, ProtocolError, RouteRequest, validate_room_name
 from appserver.apps.chat import app as chat_app
-from appserver.envelope import ProtocolError
-from appserver.tracker import ClientTracker, validate_room_name
 
 __all__ = ["app", "build_app", "GalleryState", "Quote", "SYMBOLS", "MAX_POSTS", "MAX_POST_LENGTH",
            "MAX_EDITOR_LENGTH", "MAX_COUNTDOWN"]

@@ -17,14 +17,14 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from .client import Client
-from .envelope import Outgoing, encode
-from .jsonweb import RawJSON, write_json
-from .outbound import OutboundQueue
-from .writes import EndOfTurn
+from appserver._core.client import Client
+from appserver._core.envelope import Outgoing, encode
+from appserver._web.jsonweb import RawJSON, write_json
+from appserver._core.outbound import OutboundQueue
+from appserver._web.writes import EndOfTurn
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from appserver._server.runtime import Runtime
 
 __all__ = ["AjaxSession", "SessionRegistry"]
 

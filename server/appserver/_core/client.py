@@ -12,11 +12,11 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from .envelope import Outgoing
-from .outbound import DISCONNECT, OutboundQueue, Overflow
+from appserver._core.envelope import Outgoing
+from appserver._core.outbound import DISCONNECT, OutboundQueue, Overflow
 
 if TYPE_CHECKING:
-    from .tracker import ClientTracker
+    from appserver._core.tracker import ClientTracker
 
 __all__ = ["Client", "new_client_id", "SLOW_CONSUMER_CLOSE_CODE"]
 

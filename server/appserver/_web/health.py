@@ -20,11 +20,11 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .envelope import encode
-from .metrics import MetricsResource
+from appserver._core.envelope import encode
+from appserver._server.metrics import MetricsResource
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from appserver._server.runtime import Runtime
 
 __all__ = ["Liveness", "Readiness", "ReadinessCheck", "mount_operations_resources", "CHECK_TIMEOUT"]
 

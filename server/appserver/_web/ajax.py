@@ -17,17 +17,16 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .app import HTTPError, Route, RouteRequest
-from .envelope import ProtocolError, parse_envelope, validate_envelope
-from .health import mount_operations_resources
-from .jsonweb import JSONErrorPage, JSONResource, Rendered, jsonp_callback, query_arg
-from .longpoll import AjaxSession, SessionRegistry
-from .tracker import validate_channel_name, validate_room_name
+from appserver._server.app import HTTPError, Route, RouteRequest
+from appserver._core.envelope import ProtocolError, parse_envelope, validate_envelope
+from appserver._web.jsonweb import JSONErrorPage, JSONResource, Rendered, jsonp_callback, query_arg
+from appserver._web.longpoll import AjaxSession, SessionRegistry
+from appserver._core.names import validate_channel_name, validate_room_name
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from appserver._server.runtime import Runtime
 
-__all__ = ["build_ajax_resource"]
+__all__ = ["AjaxRoot", "AppRoute", "ClientCount", "Connect", "Disconnect", "Poll", "Publish", "Send"]
 
 
 def _peer(request: Request) -> str:
@@ -350,25 +349,3 @@ class AjaxRoot(Resource):
 
     def render(self, request: Request) -> bytes:
         return JSONErrorPage(404, "not_found", "no such endpoint; see docs/protocol.md").render(request)
-
-
-def build_ajax_resource(runtime: "Runtime") -> Resource:
-    """
-    The Ajax site's resource tree (also mounted at C{/ajax} in single-port
-    mode). Creates the runtime's session registry.
-    """
-    if runtime.sessions is None:
-        runtime.sessions = SessionRegistry(runtime)
-    root = AjaxRoot()
-    runtime.tracker.backplane.attach_ajax(root)
-    for path, route in runtime.app.routes.items():
-        root.putChild(path.lstrip("/").encode("ascii"), AppRoute(runtime, route))
-    root.putChild(b"get_client_count", ClientCount(runtime))
-    root.putChild(b"connect", Connect(runtime))
-    root.putChild(b"send", Send(runtime))
-    root.putChild(b"poll", Poll(runtime))
-    root.putChild(b"disconnect", Disconnect(runtime))
-    root.putChild(b"publish", Publish(runtime))
-    mount_operations_resources(root, runtime)
-    return root
-

@@ -18,10 +18,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .app import App, Context
-from .client import Client
-from .envelope import Envelope, ProtocolError, error_payload
-from .tracker import ClientTracker, validate_channel_name, validate_room_name
+from appserver._server.app import App, Context
+from appserver._core.client import Client
+from appserver._core.envelope import Envelope, ProtocolError, error_payload
+from appserver._core.tracker import ClientTracker
+from appserver._core.names import validate_channel_name, validate_room_name
 
 __all__ = ["Dispatcher", "RATE_LIMIT_CLOSE_CODE", "RATE_LIMIT_CLOSE_AFTER"]
 

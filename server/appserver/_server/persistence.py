@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 from twisted.logger import Logger
 
-from .envelope import Outgoing, encode
-from .history import StreamHistory
-from .tracker import ClientTracker
+from appserver._core.envelope import Outgoing, encode
+from appserver._core.history import StreamHistory
+from appserver._core.tracker import ClientTracker
 
 __all__ = ["save_state", "load_state", "STATE_VERSION"]
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from twisted.web.resource import Resource
     from twisted.web.server import Request
 
-    from .redis_backplane import RedisBackplane
+    from appserver._redis.backplane import RedisBackplane
 
 __all__ = ["SessionRouter", "RoutedRequest"]
 

@@ -2,7 +2,7 @@
 Where each option's value comes from: the command line, the environment, a
 TOML configuration file, or the default, in that order of precedence.
 
-Every option of L{appserver.settings.OPTION_SPECS} can be given in each of
+Every option of L{appserver._server.settings.OPTION_SPECS} can be given in each of
 the three places: C{--max-connections 500}, C{APPSERVER_MAX_CONNECTIONS=500},
 or C{max-connections = 500} (or C{max_connections}) in the file named by
 C{--config} or C{APPSERVER_CONFIG}. A repeatable option replaces, never
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from .settings import OPTION_SPECS, OptionSpec, Settings, SettingsError
+from appserver._server.settings import OPTION_SPECS, OptionSpec, Settings, SettingsError
 
 __all__ = ["ResolvedConfiguration", "resolve_configuration", "read_config_file", "environment_values",
            "render_toml", "CONFIG_ENVIRONMENT_VARIABLE", "DEFAULT"]

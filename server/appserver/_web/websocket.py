@@ -17,25 +17,22 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
 
 import txaio
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from .client import Client
-from .outbound import DISCONNECT
-from .envelope import Outgoing, ProtocolError, error_payload, parse_envelope
-from .writes import WriteCoalescer, has_backlog, send_now
+from appserver._core.client import Client
+from appserver._core.outbound import DISCONNECT
+from appserver._core.envelope import Outgoing, ProtocolError, error_payload, parse_envelope
+from appserver._web.writes import WriteCoalescer, has_backlog, send_now
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from appserver._server.runtime import Runtime
 
-__all__ = ["TrackedProtocol", "EnvelopeProtocol", "WebSocketClient", "AppServerWebSocketFactory",
-           "build_websocket_resource"]
+__all__ = ["TrackedProtocol", "EnvelopeProtocol", "WebSocketClient", "AppServerWebSocketFactory"]
 
 _STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -394,58 +391,6 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
             name: staticmethod(value) if callable(value) else value
             for name, value in ((name, getattr(self, name)) for name in protocol.CONFIG_ATTRS)}
         self.protocol = type(protocol.__name__, (protocol,), {**options, "CONFIG_ATTRS": ()})
-
-
-class _TakeoverResource(WebSocketResource):
-    """
-    Autobahn's resource, minus the HTTP channel's idle timeout: once the
-    connection is a WebSocket, pings and their timeout govern it.
-    """
-
-    def render(self, request: Any) -> bytes:
-        channel = request.channel
-        result = super().render(request)
-        if channel.transport is None:
-            channel.setTimeout(None)
-        return result
-
-
-class _WebSocketRoot(Resource):
-    """
-    The WebSocket site's tree: the envelope endpoint at the root, the
-    application's raw endpoints one segment below.
-    """
-
-    def __init__(self, main: WebSocketResource, endpoints: dict[bytes, WebSocketResource]) -> None:
-        super().__init__()
-        self.main = main
-        self.endpoints = endpoints
-
-    def getChild(self, name: bytes, request: Any) -> Any:
-        if name == b"":
-            return self.main
-        endpoint = self.endpoints.get(name)
-        if endpoint is not None:
-            return endpoint
-        from .jsonweb import JSONErrorPage
-        return JSONErrorPage(404, "not_found", "no WebSocket endpoint at this path")
-
-    def render(self, request: Any) -> bytes:
-        return self.main.render(request)
-
-
-def build_websocket_resource(runtime: "Runtime") -> Resource:
-    """
-    The resource tree of the WebSocket site (also mounted at C{/ws} in
-    single-port mode).
-    """
-    coalescer = WriteCoalescer(runtime.reactor)
-    main = _TakeoverResource(AppServerWebSocketFactory(runtime, coalescer))
-    endpoints = {
-        path.lstrip("/").encode("ascii"): _TakeoverResource(AppServerWebSocketFactory(runtime, coalescer, protocol))
-        for path, protocol in runtime.app.endpoints.items()
-    }
-    return _WebSocketRoot(main, endpoints)
 
 
 def _cookies(header: str) -> dict[str, str]:

@@ -17,11 +17,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
 
-from . import redis_scripts as scripts
-from .backplane import BackplaneUnavailable
+from appserver._redis import scripts
+from appserver._core.backplane import BackplaneUnavailable
 
 if TYPE_CHECKING:
-    from .redis_backplane import RedisBackplane
+    from appserver._redis.backplane import RedisBackplane
 
 __all__ = ["RedisLocation", "parse_redis_url", "blocking_init", "ReplyReader", "CommandFactory", "BusFactory",
            "configure_backoff"]

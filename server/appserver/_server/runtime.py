@@ -15,13 +15,13 @@ from typing import Any, Callable, Iterable
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
-from .app import App
-from .backplane import make_backplane
-from .dispatch import Dispatcher
-from .limits import ConnectionLimiter, TokenBucket
-from .origins import OriginPolicy
-from .settings import Settings
-from .tracker import ClientTracker, TrackerEvents, TrackerLimits
+from appserver._server.app import App
+from appserver._core.backplane import make_backplane
+from appserver._server.dispatch import Dispatcher
+from appserver._server.limits import ConnectionLimiter, TokenBucket
+from appserver._server.origins import OriginPolicy
+from appserver._server.settings import Settings
+from appserver._core.tracker import ClientTracker, TrackerEvents, TrackerLimits
 
 __all__ = ["Runtime", "build_runtime"]
 
@@ -29,6 +29,8 @@ __all__ = ["Runtime", "build_runtime"]
 @dataclass
 class Runtime:
     """
+    @ivar site_ports: the port of each site by name (C{static}, C{ajax},
+        C{ws} or C{single}), filled in as each starts listening.
     @ivar own_ports: ports this server listens on, filled in as each site
         starts listening (the origin policy needs them, and C{tcp:0}
         endpoints only know theirs then).
@@ -36,7 +38,7 @@ class Runtime:
         are refused while the existing ones are told to go elsewhere.
     @ivar readiness_checks: callables returning the reasons this server
         should not get new clients (empty when ready), or a Deferred of
-        them; C{GET /readyz} runs them all (see L{appserver.health}).
+        them; C{GET /readyz} runs them all (see L{appserver._web.health}).
     """
 
     settings: Settings
@@ -47,6 +49,7 @@ class Runtime:
     origins: OriginPolicy
     limiter: ConnectionLimiter
     own_ports: set[int] = field(default_factory=set)
+    site_ports: dict[str, int] = field(default_factory=dict)
     accepting: bool = True
     sessions: Any = None
     metrics: Any = None

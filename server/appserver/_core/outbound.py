@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Hashable, Iterator
 
-from .envelope import Outgoing
+from appserver._core.envelope import Outgoing
 
 __all__ = ["OutboundQueue", "Overflow", "POLICIES", "DISCONNECT", "DROP_OLDEST", "CONFLATE"]
 

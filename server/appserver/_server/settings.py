@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .origins import compile_origin_pattern
+from appserver._server.origins import compile_origin_pattern
 
 __all__ = ["Settings", "SettingsError", "OPTION_SPECS", "OptionSpec", "parse_size"]
 

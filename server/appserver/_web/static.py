@@ -18,10 +18,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from twisted.web.static import File
 
-from .envelope import encode
+from appserver._core.envelope import encode
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from appserver._server.runtime import Runtime
 
 __all__ = ["SafeFile", "build_static_resource", "find_web_directory", "ConfigScript"]
 
@@ -122,7 +122,7 @@ def find_web_directory(name: str, configured: str | None) -> Path:
             raise ValueError(f"--{name} {configured}: not a directory")
         return path
     candidates = [
-        Path(__file__).resolve().parent.parent.parent / name,
+        Path(__file__).resolve().parents[3] / name,
         Path(sys.prefix) / "share" / "appserver" / name,
         Path(os.environ.get("APPSERVER_SHARE", "/usr/local/share/appserver")) / name,
     ]

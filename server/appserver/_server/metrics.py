@@ -24,12 +24,12 @@ from prometheus_client.process_collector import ProcessCollector
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from .client import Client
-from .envelope import Outgoing
-from .tracker import GLOBAL_STREAM, TrackerEvents
+from appserver._core.client import Client
+from appserver._core.envelope import Outgoing
+from appserver._core.tracker import GLOBAL_STREAM, TrackerEvents
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from appserver._server.runtime import Runtime
 
 __all__ = ["MetricsEvents", "MetricsResource", "BUILTIN_MESSAGE_TYPES", "KNOWN_CLOSE_CODES", "OTHER"]
 
@@ -78,7 +78,7 @@ class MetricsEvents(TrackerEvents):
     """
     Counts what the tracker and the transports report.
 
-    Build it, pass it to L{appserver.runtime.build_runtime} as C{events},
+    Build it, pass it to L{appserver._server.runtime.build_runtime} as C{events},
     then L{bind} it to the runtime for the values read at scrape time
     (sessions, channels, readiness) and the tracker's clock.
 

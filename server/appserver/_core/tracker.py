@@ -11,63 +11,27 @@ passed in; a test can drive it with plain objects.
 from __future__ import annotations
 
 import fnmatch
-import re
 import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
 
-from .client import Client
-from .envelope import Outgoing, ProtocolError
-from .history import StreamHistory
-from .outbound import POLICIES
+from appserver._core.client import Client
+from appserver._core.names import validate_channel_name, validate_room_name, validate_username
+from appserver._core.envelope import Outgoing, ProtocolError
+from appserver._core.history import StreamHistory
+from appserver._core.outbound import POLICIES
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from .backplane import IBackplane
+    from appserver._core.backplane import IBackplane
 
-__all__ = ["ClientTracker", "TrackerEvents", "TrackerLimits", "GLOBAL_STREAM",
-           "validate_channel_name", "validate_room_name", "validate_username"]
+__all__ = ["ClientTracker", "TrackerEvents", "TrackerLimits", "GLOBAL_STREAM"]
 
 #: History key of the global broadcast stream (the chat every client gets).
 #: Not a valid channel name, so it cannot collide with one.
 GLOBAL_STREAM = ""
-
-_NAME = re.compile(r"[A-Za-z0-9_\-.:/@#]{1,128}\Z")
-MAX_USERNAME_LENGTH = 64
-
-
-def _validate_name(kind: str, name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ProtocolError("bad_data", f"a {kind} name is 1 to 128 characters among "
-                                        "letters, digits and _-.:/@#")
-    return name
-
-
-def validate_channel_name(channel: Any) -> str:
-    """
-    @raise ProtocolError: C{bad_data}, saying which names are allowed.
-    """
-    return _validate_name("channel", channel)
-
-
-def validate_room_name(room: Any) -> str:
-    """
-    @raise ProtocolError: C{bad_data}, saying which names are allowed.
-    """
-    return _validate_name("room", room)
-
-
-def validate_username(username: Any) -> str:
-    """
-    @raise ProtocolError: C{bad_data} for an empty, too long or control-character name.
-    """
-    if (not isinstance(username, str) or not username.strip()
-            or len(username) > MAX_USERNAME_LENGTH or not username.isprintable()):
-        raise ProtocolError("bad_data", f"a username is 1 to {MAX_USERNAME_LENGTH} printable characters")
-    return username
-
 
 @dataclass(frozen=True)
 class TrackerLimits:
@@ -175,7 +139,7 @@ class ClientTracker:
         # Histories deleted by sweep() could vouch for nothing at or before this.
         self._forgotten_after = 0
         if backplane is None:
-            from .backplane import MemoryBackplane
+            from appserver._core.backplane import MemoryBackplane
             backplane = MemoryBackplane()
         self.backplane = backplane
         backplane.attach(self)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Iterable
 
-from .envelope import Outgoing
+from appserver._core.envelope import Outgoing
 
 __all__ = ["StreamHistory"]
 

@@ -5,7 +5,7 @@ A single node needs nothing but its own memory: L{MemoryBackplane} gives a
 broadcast its position from the tracker's counter and delivers it at once,
 synchronously, exactly as a tracker without any backplane would. Several
 nodes share a Redis server through
-L{appserver.redis_backplane.RedisBackplane}: positions, history, fan-out,
+L{appserver._redis.backplane.RedisBackplane}: positions, history, fan-out,
 counts, presence and Ajax sessions then span the nodes (docs/scaling.md).
 
 The tracker keeps every local loop (a fan-out to this node's clients, its
@@ -23,15 +23,15 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface, implementer
 
-from .envelope import Outgoing
+from appserver._core.envelope import Outgoing
 
 if TYPE_CHECKING:
     from twisted.web.resource import Resource
     from twisted.web.server import Request
 
-    from .client import Client
-    from .settings import Settings
-    from .tracker import ClientTracker
+    from appserver._core.client import Client
+    from appserver._server.settings import Settings
+    from appserver._core.tracker import ClientTracker
 
 __all__ = ["IBackplane", "MemoryBackplane", "BackplaneUnavailable", "make_backplane"]
 
@@ -244,6 +244,6 @@ def make_backplane(settings: "Settings", reactor: Any) -> IBackplane:
     if url in ("memory", "memory://") or scheme == "memory":
         return MemoryBackplane()
     if scheme == "redis":
-        from .redis_backplane import RedisBackplane
+        from appserver._redis.backplane import RedisBackplane
         return RedisBackplane.from_settings(settings, reactor)
     raise ValueError(f"--backplane {url!r}: use memory:// or redis://host:port/db")

@@ -21,8 +21,8 @@ as one server (docs/scaling.md).
     back with backoff, resubscribe, and the node catches up what it missed,
     re-sends its counts and presence.
 
-The connections themselves are in L{appserver.redis_connection}; the Lua
-scripts in L{appserver.redis_scripts}. This module is imported only when
+The connections themselves are in L{appserver._redis.connection}; the Lua
+scripts in L{appserver._redis.scripts}. This module is imported only when
 C{--backplane redis://} is used (txredisapi imports the reactor).
 """
 
@@ -41,21 +41,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import redis_scripts as scripts
-from .backplane import BackplaneUnavailable, IBackplane
-from .envelope import Outgoing, encode
-from .redis_connection import (BusFactory, CommandFactory, RedisLocation, blocking_init, configure_backoff,
+from appserver._redis import scripts
+from appserver._core.backplane import BackplaneUnavailable, IBackplane
+from appserver._core.envelope import Outgoing, encode
+from appserver._redis.connection import (BusFactory, CommandFactory, RedisLocation, blocking_init, configure_backoff,
                                parse_redis_url)
-from .session_router import SessionRouter
-from .tracker import GLOBAL_STREAM
+from appserver._redis.routing import SessionRouter
+from appserver._core.tracker import GLOBAL_STREAM
 
 if TYPE_CHECKING:
     from twisted.web.resource import Resource
     from twisted.web.server import Request
 
-    from .client import Client
-    from .settings import Settings
-    from .tracker import ClientTracker
+    from appserver._core.client import Client
+    from appserver._server.settings import Settings
+    from appserver._core.tracker import ClientTracker
 
 __all__ = ["RedisBackplane", "RedisLocation", "parse_redis_url", "NODE_ID_PATTERN"]
 

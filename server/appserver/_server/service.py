@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-import txaio
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -17,19 +16,9 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import Request
 
-from .ajax import build_ajax_resource
-from .app import App
-from .jsonweb import LoggingSite
-from .metrics import MetricsEvents
-from .persistence import load_state, save_state
-from .runtime import Runtime, build_runtime
-from .settings import Settings
-from .static import build_static_resource
-from .tracker import TrackerEvents
-from .websocket import build_websocket_resource
+from appserver._server.persistence import load_state, save_state
+from appserver._server.runtime import Runtime
 
 __all__ = ["AppServerService", "SiteService"]
 
@@ -95,64 +84,30 @@ class SiteService(Service):
 
 class AppServerService(MultiService):
     """
-    The whole server. Build it with settings and an application; twistd
-    starts and stops it.
+    The whole server: the runtime's life cycle (state file, backplane, the
+    application's tasks and hooks, graceful shutdown) around one
+    L{SiteService} per listening port. L{appserver.tap.build_service}
+    builds it.
+
+    @ivar ports: the port each site listens on, by site name, once started.
     """
 
     log = Logger()
 
-    def __init__(self, settings: Settings, app: App, reactor: Any = None,
-                 events: TrackerEvents | None = None) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
-        self.reactor = reactor
-        self.settings = settings
-        self.app = app
-        # Autobahn logs every frame at debug level, and twistd shows every
-        # level: keep its chatter out of production logs.
-        txaio.set_global_log_level("info")
-        if events is None:
-            events = MetricsEvents(process_metrics=True)
-        self.runtime: Runtime = build_runtime(settings, app, reactor, events=events)
-        if isinstance(events, MetricsEvents):
-            events.bind(self.runtime)
-        self.runtime.readiness_checks.extend([self._sites_not_listening,
-                                              self.runtime.tracker.backplane.not_ready])
-        self.ports: dict[str, int] = {}
+        self.runtime = runtime
+        self.reactor = runtime.reactor
+        self.settings = runtime.settings
+        self.app = runtime.app
+        self.ports: dict[str, int] = runtime.site_ports
         self._tasks: list[LoopingCall] = []
-        self._build_sites()
+        self.runtime.readiness_checks.extend([self._sites_not_listening, runtime.tracker.backplane.not_ready])
 
-    # Sites -------------------------------------------------------------
-
-    def _site(self, resource: Resource, idle_timeout: float | None = None) -> LoggingSite:
-        extra = {"timeout": idle_timeout} if idle_timeout else {}
-        site = LoggingSite(resource, max_body_size=self.settings.max_message_size,
-                           access_log=self.settings.access_log, **extra)
-        site.noisy = False
-        return site
-
-    def _build_sites(self) -> None:
-        runtime = self.runtime
-        ajax = build_ajax_resource(runtime)
-        ws = build_websocket_resource(runtime)
-        static = build_static_resource(runtime, self.client_urls)
-        if self.settings.listen:
-            static.putChild(b"ajax", ajax)
-            static.putChild(b"ws", ws)
-            self._add_site("single", self.settings.listen, static, websocket=True)
-        else:
-            self._add_site("static", self.settings.static, static)
-            self._add_site("ajax", self.settings.ajax, ajax)
-            self._add_site("ws", self.settings.ws, ws, websocket=True)
-
-    def _add_site(self, name: str, description: str, resource: Resource, websocket: bool = False) -> None:
-        # Autobahn's handshake timeout starts only once the whole upgrade
-        # request has arrived; until then the HTTP channel's idle timeout
-        # (a minute by default) is all that bounds a silent or half-sent one.
-        idle_timeout = self.settings.handshake_timeout if websocket else None
-        site = self._site(resource, idle_timeout)
+    def add_site(self, name: str, description: str, site: Any) -> None:
+        """
+        Listen on C{description} with C{site} while the service runs.
+        """
         SiteService(name, description, site, self.reactor, self._listening).setServiceParent(self)
 
     def _listening(self, name: str, port: IListeningPort) -> None:
@@ -168,27 +123,6 @@ class AppServerService(MultiService):
         return [f"the {site.name} site is not listening on {site.description}"
                 for site in self if isinstance(site, SiteService)
                 and (site.port is None or not getattr(site.port, "connected", True))]
-
-    def client_urls(self, request: Request) -> dict[str, str]:
-        """
-        Where a page loaded through C{request} finds the Ajax and WebSocket
-        sites: same host name, this server's ports.
-        """
-        # Behind a TLS-terminating proxy the request is plain HTTP, but the
-        # page was https: its WebSocket must be wss (docs/deploy.md).
-        forwarded = (request.getHeader(b"x-forwarded-proto") or b"").split(b",")[0].strip().lower()
-        secure = request.isSecure() or forwarded == b"https"
-        host_header = (request.getHeader(b"host") or b"localhost").decode("latin-1")
-        hostname = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
-        if "single" in self.ports:
-            http = f"{'https' if secure else 'http'}://{host_header}"
-            return {"wsUrl": f"{'wss' if secure else 'ws'}://{host_header}/ws", "ajaxUrl": f"{http}/ajax"}
-        ws_secure = self.settings.ws.startswith("ssl:")
-        ajax_secure = self.settings.ajax.startswith("ssl:")
-        return {
-            "wsUrl": f"{'wss' if ws_secure else 'ws'}://{hostname}:{self.ports.get('ws', 9002)}/",
-            "ajaxUrl": f"{'https' if ajax_secure else 'http'}://{hostname}:{self.ports.get('ajax', 9001)}",
-        }
 
     # Life cycle -----------------------------------------------------------
 

@@ -27,15 +27,15 @@ import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from .envelope import Envelope
-from .outbound import POLICIES
+from appserver._core.envelope import Envelope
+from appserver._core.outbound import POLICIES
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
     from twisted.web.server import Request
 
-    from .client import Client
-    from .tracker import ClientTracker
+    from appserver._core.client import Client
+    from appserver._core.tracker import ClientTracker
 
 __all__ = ["App", "Context", "RouteRequest", "HTTPError", "Route", "load_app"]
 
@@ -181,7 +181,7 @@ class App:
     def endpoint(self, path: str) -> Callable[[type], type]:
         """
         Class decorator: serve a raw WebSocket protocol (a subclass of
-        L{appserver.websocket.TrackedProtocol}) at C{path} of the WebSocket
+        L{appserver._web.websocket.TrackedProtocol}) at C{path} of the WebSocket
         site. It gets the server's size limits, pings and origin policy and
         is counted as a client.
         """

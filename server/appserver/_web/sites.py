@@ -1,0 +1,169 @@
+"""
+The resource trees of the server's sites and the C{Site} each listens with.
+
+Three sites by default (static pages, Ajax, WebSocket), each on its own
+port; with C{--listen} one port serves the static tree with the Ajax tree
+under C{/ajax} and the WebSocket tree under C{/ws}. Every tree is built
+from the one runtime, so all sites share one tracker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from appserver._web.ajax import (AjaxRoot, AppRoute, ClientCount, Connect, Disconnect, Poll, Publish, Send)
+from appserver._web.health import mount_operations_resources
+from appserver._web.jsonweb import JSONErrorPage
+from appserver._web.longpoll import SessionRegistry
+from appserver._web.site import LoggingSite
+from appserver._web.static import build_static_resource
+from appserver._web.websocket import AppServerWebSocketFactory
+from appserver._web.writes import WriteCoalescer
+
+if TYPE_CHECKING:
+    from appserver._server.runtime import Runtime
+
+__all__ = ["SiteSpec", "build_sites", "build_ajax_resource", "build_websocket_resource", "client_urls"]
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """
+    One listening port to open: its name (for logs and C{ports}), its
+    endpoint description and the site to serve there.
+    """
+
+    name: str
+    description: str
+    site: LoggingSite
+
+
+def build_sites(runtime: "Runtime") -> list[SiteSpec]:
+    """
+    The sites of the server, as C{--listen} or C{--static/--ajax/--ws} ask.
+    """
+    settings = runtime.settings
+    ajax = build_ajax_resource(runtime)
+    ws = build_websocket_resource(runtime)
+    static = build_static_resource(runtime, lambda request: client_urls(runtime, request))
+    if settings.listen:
+        static.putChild(b"ajax", ajax)
+        static.putChild(b"ws", ws)
+        return [SiteSpec("single", settings.listen, _site(runtime, static, websocket=True))]
+    return [SiteSpec("static", settings.static, _site(runtime, static)),
+            SiteSpec("ajax", settings.ajax, _site(runtime, ajax)),
+            SiteSpec("ws", settings.ws, _site(runtime, ws, websocket=True))]
+
+
+def _site(runtime: "Runtime", resource: Resource, websocket: bool = False) -> LoggingSite:
+    settings = runtime.settings
+    # Autobahn's handshake timeout starts only once the whole upgrade
+    # request has arrived; until then the HTTP channel's idle timeout (a
+    # minute by default) is all that bounds a silent or half-sent one.
+    extra = {"timeout": settings.handshake_timeout} if websocket and settings.handshake_timeout else {}
+    site = LoggingSite(resource, max_body_size=settings.max_message_size, access_log=settings.access_log,
+                       **extra)
+    site.noisy = False
+    return site
+
+
+def build_ajax_resource(runtime: "Runtime") -> Resource:
+    """
+    The Ajax site's resource tree (also mounted at C{/ajax} in single-port
+    mode). Creates the runtime's session registry.
+    """
+    if runtime.sessions is None:
+        runtime.sessions = SessionRegistry(runtime)
+    root = AjaxRoot()
+    runtime.tracker.backplane.attach_ajax(root)
+    for path, route in runtime.app.routes.items():
+        root.putChild(path.lstrip("/").encode("ascii"), AppRoute(runtime, route))
+    root.putChild(b"get_client_count", ClientCount(runtime))
+    root.putChild(b"connect", Connect(runtime))
+    root.putChild(b"send", Send(runtime))
+    root.putChild(b"poll", Poll(runtime))
+    root.putChild(b"disconnect", Disconnect(runtime))
+    root.putChild(b"publish", Publish(runtime))
+    mount_operations_resources(root, runtime)
+    return root
+
+
+class _TakeoverResource(WebSocketResource):
+    """
+    Autobahn's resource, minus the HTTP channel's idle timeout: once the
+    connection is a WebSocket, pings and their timeout govern it.
+    """
+
+    def render(self, request: Any) -> bytes:
+        channel = request.channel
+        result: bytes = super().render(request)
+        if channel.transport is None:
+            channel.setTimeout(None)
+        return result
+
+
+class _WebSocketRoot(Resource):
+    """
+    The WebSocket site's tree: the envelope endpoint at the root, the
+    application's raw endpoints one segment below.
+    """
+
+    def __init__(self, main: WebSocketResource, endpoints: dict[bytes, WebSocketResource]) -> None:
+        super().__init__()
+        self.main = main
+        self.endpoints = endpoints
+
+    def getChild(self, name: bytes, request: Any) -> Any:
+        if name == b"":
+            return self.main
+        endpoint = self.endpoints.get(name)
+        if endpoint is not None:
+            return endpoint
+        return JSONErrorPage(404, "not_found", "no WebSocket endpoint at this path")
+
+    def render(self, request: Any) -> bytes:
+        result: bytes = self.main.render(request)
+        return result
+
+
+def build_websocket_resource(runtime: "Runtime") -> Resource:
+    """
+    The resource tree of the WebSocket site (also mounted at C{/ws} in
+    single-port mode).
+    """
+    coalescer = WriteCoalescer(runtime.reactor)
+    main = _TakeoverResource(AppServerWebSocketFactory(runtime, coalescer))
+    endpoints = {
+        path.lstrip("/").encode("ascii"): _TakeoverResource(AppServerWebSocketFactory(runtime, coalescer, protocol))
+        for path, protocol in runtime.app.endpoints.items()
+    }
+    return _WebSocketRoot(main, endpoints)
+
+
+def client_urls(runtime: "Runtime", request: Request) -> dict[str, str]:
+    """
+    Where a page loaded through C{request} finds the Ajax and WebSocket
+    sites: same host name, this server's ports.
+    """
+    # Behind a TLS-terminating proxy the request is plain HTTP, but the
+    # page was https: its WebSocket must be wss (docs/deploy.md).
+    forwarded = (request.getHeader(b"x-forwarded-proto") or b"").split(b",")[0].strip().lower()
+    secure = request.isSecure() or forwarded == b"https"
+    host_header = (request.getHeader(b"host") or b"localhost").decode("latin-1")
+    hostname = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    ports = runtime.site_ports
+    if "single" in ports:
+        http = f"{'https' if secure else 'http'}://{host_header}"
+        return {"wsUrl": f"{'wss' if secure else 'ws'}://{host_header}/ws", "ajaxUrl": f"{http}/ajax"}
+    settings = runtime.settings
+    ws_secure = settings.ws.startswith("ssl:")
+    ajax_secure = settings.ajax.startswith("ssl:")
+    return {
+        "wsUrl": f"{'wss' if ws_secure else 'ws'}://{hostname}:{ports.get('ws', 9002)}/",
+        "ajaxUrl": f"{'https' if ajax_secure else 'http'}://{hostname}:{ports.get('ajax', 9001)}",
+    }
