@@ -93,7 +93,7 @@ class Sink(Client):
     transport = "websocket"
     __slots__ = ("count",)
     def __init__(self, tracker):
-        super().__init__(tracker, peer="bench")
+        super().__init__(peer="bench", limits=tracker.limits, events=tracker.events)
         self.count = 0
     def write(self, message):
         self.count += 1

@@ -25,7 +25,7 @@ class RecordingClient(Client):
     __slots__ = ("written",)
 
     def __init__(self, tracker: ClientTracker) -> None:
-        super().__init__(tracker, peer="test")
+        super().__init__(peer="test", limits=tracker.limits, events=tracker.events)
         self.written: list[Outgoing] = []
 
     def write(self, message: Outgoing) -> None:

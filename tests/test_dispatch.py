@@ -25,7 +25,7 @@ class FakeClient(Client):
     __slots__ = ("sent", "closes")
 
     def __init__(self, tracker, peer="tcp4:127.0.0.1:5000"):
-        super().__init__(tracker, peer)
+        super().__init__(peer, limits=tracker.limits, events=tracker.events)
         self.sent = []
         self.closes = []
 

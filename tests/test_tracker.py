@@ -28,10 +28,11 @@ class FakeClient(Client):
     """
 
     transport = "websocket"
-    __slots__ = ("sent", "closes")
+    __slots__ = ("sent", "closes", "owner")
 
     def __init__(self, tracker, name="peer", transport=None):
-        super().__init__(tracker, name)
+        super().__init__(name, limits=tracker.limits, events=tracker.events)
+        self.owner = tracker
         self.sent = []
         self.closes = []
         if transport:
@@ -43,7 +44,7 @@ class FakeClient(Client):
     def close(self, code=1000, reason=""):
         self.closes.append(code)
         self.closed = True
-        self.tracker.unregister(self)
+        self.owner.unregister(self)
 
     def types(self):
         return [m["type"] for m in self.sent]

@@ -10,19 +10,23 @@ queue and the same overflow policies.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from appserver._core.bounds import TrackerLimits
 from appserver._core.envelope import Outgoing
+from appserver._core.events import TrackerEvents
 from appserver._core.outbound import DISCONNECT, OutboundQueue, Overflow
 
-if TYPE_CHECKING:
-    from appserver._core.tracker import ClientTracker
 
 __all__ = ["Client", "new_client_id", "SLOW_CONSUMER_CLOSE_CODE"]
 
 #: WebSocket close code (and Ajax error) for a client whose queue overflowed
 #: on a channel with the C{disconnect} policy.
 SLOW_CONSUMER_CLOSE_CODE = 4000
+
+
+_DEFAULT_LIMITS = TrackerLimits()
+_NO_EVENTS = TrackerEvents()
 
 
 def new_client_id() -> str:
@@ -47,15 +51,18 @@ class Client:
     transport = "unknown"
 
     __slots__ = ("client_id", "peer", "origin", "channels", "rooms", "attributes",
-                 "queue", "paused", "tracker", "closed", "connected_at", "bucket",
+                 "queue", "paused", "limits", "events", "closed", "connected_at", "bucket",
                  "rejected_in_a_row", "__weakref__")
 
-    def __init__(self, tracker: "ClientTracker", peer: str, origin: str | None = None,
-                 client_id: str | None = None) -> None:
+    def __init__(self, peer: str, origin: str | None = None, client_id: str | None = None,
+                 limits: TrackerLimits | None = None, events: TrackerEvents | None = None) -> None:
         self.client_id = client_id or new_client_id()
         self.peer = peer
         self.origin = origin
-        self.tracker = tracker
+        #: The bounds of its queue (the tracker's, usually).
+        self.limits = limits or _DEFAULT_LIMITS
+        #: Told when the queue overflows or discards.
+        self.events = events or _NO_EVENTS
         self.channels: set[str] = set()
         self.rooms: dict[str, str] = {}
         self.attributes: dict[str, Any] = {}
@@ -90,17 +97,17 @@ class Client:
     def _enqueue(self, message: Outgoing, policy: str) -> None:
         queue = self.queue
         if queue is None:
-            settings = self.tracker.limits
-            queue = self.queue = OutboundQueue(settings.max_queue_messages, settings.max_queue_bytes)
+            limits = self.limits
+            queue = self.queue = OutboundQueue(limits.max_queue_messages, limits.max_queue_bytes)
         dropped, conflated = queue.dropped, queue.conflated
         try:
             queue.push(message, policy)
         except Overflow as overflow:
-            self.tracker.events.slow_consumer(self, str(overflow))
+            self.events.slow_consumer(self, str(overflow))
             self.close(SLOW_CONSUMER_CLOSE_CODE, "slow consumer: outgoing queue overflowed")
             return
         if queue.dropped != dropped or queue.conflated != conflated:
-            self.tracker.events.queue_discarded(self, queue.dropped - dropped, queue.conflated - conflated)
+            self.events.queue_discarded(self, queue.dropped - dropped, queue.conflated - conflated)
 
     def pause(self) -> None:
         """

@@ -13,10 +13,11 @@ from __future__ import annotations
 import fnmatch
 import secrets
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
 
+from appserver._core.bounds import TrackerLimits
 from appserver._core.client import Client
+from appserver._core.events import TrackerEvents
 from appserver._core.names import validate_channel_name, validate_room_name, validate_username
 from appserver._core.envelope import Outgoing, ProtocolError
 from appserver._core.history import StreamHistory
@@ -32,77 +33,6 @@ __all__ = ["ClientTracker", "TrackerEvents", "TrackerLimits", "GLOBAL_STREAM"]
 #: History key of the global broadcast stream (the chat every client gets).
 #: Not a valid channel name, so it cannot collide with one.
 GLOBAL_STREAM = ""
-
-@dataclass(frozen=True)
-class TrackerLimits:
-    """
-    The per-client bounds the tracker enforces.
-    """
-
-    max_queue_messages: int = 1000
-    max_queue_bytes: int = 1024 * 1024
-    max_channels_per_client: int = 100
-    history_size: int = 1000
-    history_age: float = 300.0
-    default_policy: str = "disconnect"
-
-
-class TrackerEvents:
-    """
-    Hooks called on every state change, for metrics and logs. The base class
-    does nothing; the metrics module overrides what it counts.
-    """
-
-    def registered(self, client: Client) -> None:
-        pass
-
-    def unregistered(self, client: Client) -> None:
-        pass
-
-    def fanout(self, stream: str, recipients: int, message: Outgoing) -> None:
-        pass
-
-    def slow_consumer(self, client: Client, detail: str) -> None:
-        pass
-
-    def recovery(self, client: Client, recovered: bool) -> None:
-        pass
-
-    def handler_error(self, message_type: str) -> None:
-        pass
-
-    def backplane_latency(self, operation: str, seconds: float) -> None:
-        pass
-
-    def backplane_error(self, operation: str) -> None:
-        pass
-
-    def message_in(self, client: Client, message_type: str) -> None:
-        pass
-
-    def closed(self, client: Client, code: int | None) -> None:
-        """
-        The transport ended a registered client's connection with this close
-        code (C{None}: dropped without one).
-        """
-
-    def sent(self, recipients: int, message: Outgoing) -> None:
-        """
-        A message outside any stream (reply, error, welcome, room presence)
-        was handed to C{recipients} clients.
-        """
-
-    def delivered(self, client: Client, messages: Iterable[Outgoing]) -> None:
-        """
-        Queued messages left for a client (a long-poll answer).
-        """
-
-    def queue_discarded(self, client: Client, dropped: int, conflated: int) -> None:
-        """
-        A client's full queue dropped its oldest messages, or conflation
-        replaced older messages with the same key.
-        """
-
 
 class ClientTracker:
     """

@@ -42,7 +42,7 @@ class AjaxSession(Client):
     def __init__(self, registry: "SessionRegistry", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.registry = registry
-        limits = self.tracker.limits
+        limits = self.limits
         self.queue = OutboundQueue(limits.max_queue_messages, limits.max_queue_bytes)
         self.waiting: Request | None = None
         self.waiting_callback: str | None = None
@@ -114,7 +114,7 @@ class AjaxSession(Client):
         pending = queue.pending()
         position = pending[-1][0] if pending else queue.last_seq
         dropped = queue.take_dropped()
-        self.tracker.events.delivered(self, (message for _, message in pending))
+        self.events.delivered(self, (message for _, message in pending))
         body = b'{"messages":[' + b",".join(message.payload for _, message in pending) + b'],"position":' \
             + str(position).encode("ascii")
         if dropped:
@@ -235,7 +235,7 @@ class SessionRegistry:
 
     def open(self, peer: str, origin: str | None, attributes: dict[str, Any] | None = None) -> AjaxSession:
         tracker = self.runtime.tracker
-        session = AjaxSession(self, tracker=tracker, peer=peer, origin=origin,
+        session = AjaxSession(self, limits=tracker.limits, events=tracker.events, peer=peer, origin=origin,
                               client_id=tracker.backplane.new_session_id())
         session.bucket = self.runtime.new_bucket()
         if attributes:

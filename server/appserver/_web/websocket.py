@@ -216,7 +216,8 @@ class TrackedProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         runtime = self.factory.runtime
-        client = self.client_class(self, self.factory.coalescer, tracker=runtime.tracker, peer=self.peer,
+        client = self.client_class(self, self.factory.coalescer, limits=runtime.tracker.limits,
+                                   events=runtime.tracker.events, peer=self.peer,
                                    origin=self._origin)
         client.bucket = runtime.new_bucket()
         if self._attributes:
