@@ -7,7 +7,7 @@ TWISTD ?= $(PYTHON) -c "from twisted.scripts.twistd import run; run()"
 APP ?= appserver.apps.gallery:app
 RUN_ARGS ?=
 
-.PHONY: install install-test system-deps run test test-python test-js bench clean
+.PHONY: install install-test system-deps run test test-python test-js typecheck bench clean
 
 install:
 	$(PIP) install -q -e .
@@ -22,7 +22,10 @@ install-test: install system-deps
 run: install
 	$(TWISTD) --pidfile= -n appserver --app $(APP) $(RUN_ARGS)
 
-test: install-test test-js test-python
+test: install-test typecheck test-js test-python
+
+typecheck:
+	$(PYTHON) -m mypy
 
 test-python:
 	$(PYTHON) -m pytest -q

@@ -139,7 +139,7 @@ def redis_cost(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "server"))
     from twisted.internet import defer, task
 
-    from appserver._core.backplane import MemoryBackplane
+    from appserver._core.memory import MemoryBackplane
     from appserver._redis.backplane import RedisBackplane, parse_redis_url
     from appserver._core.tracker import ClientTracker, TrackerLimits
 
@@ -156,7 +156,7 @@ def redis_cost(args: argparse.Namespace) -> None:
             backplane = RedisBackplane(parse_redis_url(redis.url), "bench", reactor)
             tracker = ClientTracker(TrackerLimits(), clock=reactor.seconds, backplane=backplane)
             backplane.start()
-            while not backplane._synced:
+            while backplane.not_ready():
                 await task.deferLater(reactor, 0.05, lambda: None)
             for window in (args.inflight,):
                 redis_before = cpu_seconds(redis.process.pid)

@@ -68,6 +68,12 @@
     "welcome", "resumed", "reply", "error", "pong", "subscribed", "unsubscribed", "members", "reconnect",
   ]);
 
+  /**
+   * The request header that carries an Ajax session's secret on JSON requests
+   * (JSONP requests, which cannot set headers, carry it as `session=`).
+   */
+  const SESSION_HEADER = "X-AppServer-Session";
+
   function noop() {}
 
   /**
@@ -112,6 +118,12 @@
       return url;
     }
     return url + (url.indexOf("?") < 0 ? "?" : "&") + parts.join("&");
+  }
+
+  /** A URL fit for an error message: without its query (a JSONP query holds the session secret). */
+  function withoutQuery(url) {
+    const end = url.search(/[?#]/);
+    return end < 0 ? url : url.slice(0, end);
   }
 
   function resolveUrl(url, base) {
@@ -214,10 +226,10 @@
         }
       };
       timer = timers.timeout(function () {
-        finish(appError("timeout", "no answer from " + url + " within " + timeoutMs + " ms"));
+        finish(appError("timeout", "no answer from " + withoutQuery(url) + " within " + timeoutMs + " ms"));
       }, timeoutMs);
       script.async = true;
-      script.onerror = function () { finish(appError("network", "could not load " + url)); };
+      script.onerror = function () { finish(appError("network", "could not load " + withoutQuery(url))); };
       script.src = withQuery(url, {callback: callback.name});
       (doc.head || doc.documentElement).appendChild(script);
     });
@@ -259,21 +271,32 @@
       this._client = client;
     }
 
-    /** Call an Ajax endpoint (`connect`, `send`, `poll`, `disconnect`). */
-    endpoint(name, params, envelope, timeoutMs) {
+    /**
+     * Call an Ajax endpoint (`connect`, `send`, `poll`, `disconnect`).
+     *
+     * `session` is the session secret from `/connect` (`null` for `connect`
+     * itself). JSON requests carry it in the X-AppServer-Session header and
+     * never in the URL; JSONP requests, which cannot set headers, carry it as
+     * the `session` query parameter.
+     */
+    endpoint(name, session, params, envelope, timeoutMs) {
       const client = this._client;
       const url = client.ajaxUrl + "/" + name;
+      const hasSession = session !== null && session !== undefined;
       if (client._opts.ajaxMode === "jsonp") {
-        const query = Object.assign({}, params);
+        const query = Object.assign(hasSession ? {session: session} : {}, params);
         if (envelope !== undefined) {
           query.msg = JSON.stringify(envelope);
         }
         return this.jsonp(withQuery(url, query), timeoutMs);
       }
       const method = name === "poll" ? "GET" : "POST";
-      // A string body goes as text/plain: a "simple" CORS request, no preflight.
+      // The body goes as a string (text/plain). The session header makes the
+      // request non-simple: the browser sends a CORS preflight first, which
+      // the Ajax site answers for its allowed origins.
       const body = envelope === undefined ? undefined : JSON.stringify(envelope);
-      return this.fetchJson(withQuery(url, params), method, body, timeoutMs);
+      const headers = hasSession ? {[SESSION_HEADER]: String(session)} : undefined;
+      return this.fetchJson(withQuery(url, params), method, body, timeoutMs, headers);
     }
 
     /** GET a URL that answers JSON, in the client's Ajax mode. */
@@ -290,7 +313,7 @@
       return withAbort(request.then(function (value) { return checkAnswer(value, 200); }), request);
     }
 
-    fetchJson(url, method, body, timeoutMs) {
+    fetchJson(url, method, body, timeoutMs, headers) {
       const client = this._client;
       const fetchImpl = client._fetch;
       if (typeof fetchImpl !== "function") {
@@ -308,6 +331,9 @@
       const init = {method: method, signal: controller.signal, cache: "no-store"};
       if (body !== undefined) {
         init.body = body;
+      }
+      if (headers !== undefined) {
+        init.headers = headers;
       }
       const request = Promise.resolve()
         .then(function () { return fetchImpl(url, init); })
@@ -408,6 +434,10 @@
    * One Ajax session: `connect`, then a loop of long polls, and sends
    * serialized one at a time so the server sees them in order.
    *
+   * The connect answer's `session` is a secret that authenticates this
+   * session's requests (see Http.endpoint); it is never the client id, which
+   * is public and comes from the `welcome` (or the answer's `client_id`).
+   *
    * The handshake ends with the first poll: the server queued a `welcome`
    * at connect, and only that envelope carries the stream position the
    * session started at (the connect answer's `position` is the session's
@@ -430,12 +460,12 @@
 
     start() {
       const client = this._client;
-      this._track(this._http.endpoint("connect", {}, undefined, client._opts.connectTimeout))
+      this._track(this._http.endpoint("connect", null, {}, undefined, client._opts.connectTimeout))
         .then((answer) => {
           if (this._closed) {
             return;
           }
-          if (!answer || typeof answer.session !== "string") {
+          if (!answer || typeof answer.session !== "string" || !answer.session) {
             throw ajaxError("bad_answer", "/connect answered without a session", 0);
           }
           this._session = answer.session;
@@ -456,8 +486,8 @@
       if (this._closed) {
         return;
       }
-      const params = {session: this._session, since: this._cursor};
-      this._track(this._http.endpoint("poll", params, undefined, this._client._opts.pollTimeout))
+      const params = {since: this._cursor};
+      this._track(this._http.endpoint("poll", this._session, params, undefined, this._client._opts.pollTimeout))
         .then((answer) => {
           if (this._closed) {
             return;
@@ -516,8 +546,7 @@
         return;
       }
       const envelope = this._inFlight = this._queue.shift();
-      const params = {session: this._session};
-      this._http.endpoint("send", params, envelope, this._client._opts.ajaxTimeout).then(() => {
+      this._http.endpoint("send", this._session, {}, envelope, this._client._opts.ajaxTimeout).then(() => {
         if (!this._closed) {
           this._inFlight = null;
           this._pump();
@@ -568,7 +597,7 @@
       this._requests.clear();
       if (byClient && this._session) {
         // Courtesy: free the session now rather than at its idle timeout.
-        this._http.endpoint("disconnect", {session: this._session}, undefined, this._client._opts.ajaxTimeout)
+        this._http.endpoint("disconnect", this._session, {}, undefined, this._client._opts.ajaxTimeout)
           .catch(noop);
       }
     }

@@ -63,8 +63,9 @@ def test_a_query_argument_that_is_not_utf8_is_400(ajax):
 def test_connect_opens_a_session_with_the_documented_fields(ajax):
     body = ajax.call("POST", "/connect").json()
     assert set(body) == {"session", "client_id", "epoch", "position"}
-    assert body["session"] == body["client_id"] and body["epoch"] == ajax.runtime.tracker.epoch
-    assert ajax.runtime.tracker.get(body["session"]).transport == "ajax"
+    assert body["session"] != body["client_id"] and body["epoch"] == ajax.runtime.tracker.epoch
+    assert ajax.runtime.tracker.get(body["client_id"]).transport == "ajax"
+    assert ajax.runtime.tracker.get(body["session"]) is None
 
 
 def test_connect_by_jsonp(ajax):
@@ -112,8 +113,8 @@ def test_an_authenticator_refusal_is_403_and_its_attributes_are_kept():
     ajax = AjaxStub(make_runtime(app=app))
     assert error(ajax.call("POST", "/connect", {"token": "bad"}), 403) == "authentication_refused"
     assert ajax.runtime.limiter.total == 0
-    session = ajax.call("POST", "/connect", {"token": "good"}).json()["session"]
-    assert ajax.runtime.tracker.get(session).attributes == {"user": "ann", "origin_seen": None}
+    client_id = ajax.call("POST", "/connect", {"token": "good"}).json()["client_id"]
+    assert ajax.runtime.tracker.get(client_id).attributes == {"user": "ann", "origin_seen": None}
 
 
 def test_an_authenticator_that_crashes_is_a_500_that_opens_nothing():

@@ -514,16 +514,16 @@ async def test_the_default_app_is_the_chat(server_factory, reactor):
 async def test_handlers_work_over_the_ajax_transport(server_factory):
     server = await server_factory(app=calculator())
     connected = await (await treq.post(server.ajax_url + "/connect", persistent=False)).json()
-    session = connected["session"]
-    response = await treq.post(server.ajax_url + f"/send?session={session}", persistent=False,
+    session = {"X-AppServer-Session": connected["session"]}
+    response = await treq.post(server.ajax_url + "/send", headers=session, persistent=False,
                                data=json.dumps({"type": "slow_add", "data": {"a": 4, "b": 5}, "id": 1}).encode())
     assert (await response.json()) == {"ok": True}
-    response = await treq.post(server.ajax_url + f"/send?session={session}", persistent=False,
+    response = await treq.post(server.ajax_url + "/send", headers=session, persistent=False,
                                data=json.dumps({"type": "crash", "id": 2}).encode())
     await response.content()
     messages, since = [], 0
     for _ in range(20):
-        answer_ = await (await treq.get(server.ajax_url + f"/poll?session={session}&since={since}",
+        answer_ = await (await treq.get(server.ajax_url + f"/poll?since={since}", headers=session,
                                         persistent=False)).json()
         messages += answer_["messages"]
         since = answer_["position"]

@@ -1,8 +1,9 @@
 """
 The backplane interface and its in-memory implementation: a single node
-behaves exactly as a tracker without any backplane (synchronous, positions
-from the tracker), and the tracker sends what spans nodes through the
-backplane (checked with a recording double of a clustered one).
+behaves exactly as a tracker without any backplane (delivery inside the
+call, positions from the node's stream log, Deferreds that have fired by
+the time the call returns), and the tracker sends what spans nodes through
+the backplane (checked with a recording double of a clustered one).
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 from zope.interface.verify import verifyClass, verifyObject
 
-from appserver._core.backplane import IBackplane, MemoryBackplane, make_backplane
+from appserver._core.backplane import IBackplane, ILocalNode
 from appserver._core.client import Client
 from appserver._core.envelope import Outgoing
+from appserver._core.memory import MemoryBackplane
+from appserver._server.runtime import make_backplane
 from appserver._server.settings import Settings
-from appserver._core.tracker import GLOBAL_STREAM, ClientTracker, TrackerLimits
+from appserver._core.streamlog import GLOBAL_STREAM
+from appserver._core.tracker import ClientTracker, TrackerLimits
+from support.deferreds import fired
 
 
 class RecordingClient(Client):
@@ -62,7 +68,11 @@ def test_memory_backplane_provides_the_interface() -> None:
     tracker = make_tracker()
     verifyObject(IBackplane, tracker.backplane)
     assert isinstance(tracker.backplane, MemoryBackplane)
-    assert tracker.backplane.tracker is tracker
+    assert tracker.backplane.node is tracker
+
+
+def test_the_tracker_is_the_local_node_a_backplane_sees() -> None:
+    verifyObject(ILocalNode, make_tracker())
 
 
 def test_redis_backplane_implements_the_interface() -> None:
@@ -116,11 +126,22 @@ def test_broadcast_is_positioned_and_delivered_at_once() -> None:
     first, second = RecordingClient(tracker), RecordingClient(tracker)
     tracker.register(first)
     tracker.register(second)
-    message = tracker.broadcast("chat", "hello")
+    message = fired(tracker.broadcast("chat", "hello"))
     assert isinstance(message, Outgoing)
     assert message.pos == tracker.position == 1
     assert first.written == [message] and second.written == [message]
-    assert [m.pos for m in tracker.histories[GLOBAL_STREAM].after(0)] == [1]
+    assert [m.pos for m in tracker.stream.history(GLOBAL_STREAM).after(0)] == [1]
+
+
+def test_cluster_wide_calls_return_deferreds_that_have_fired() -> None:
+    tracker = make_tracker()
+    client = RecordingClient(tracker)
+    tracker.register(client)
+    calls = [tracker.broadcast("chat", "hi"), tracker.publish("news", 1), tracker.room_members("lobby"),
+             tracker.room_size("lobby"), tracker.cluster_counts(),
+             tracker.replay(client, "e1", 0, [], client.connected_at)]
+    assert all(isinstance(call, Deferred) and call.called for call in calls)
+    assert len(client.written) == 1  # the broadcast was delivered inside the call
 
 
 def test_publish_reaches_subscribers_only_and_is_kept() -> None:
@@ -129,10 +150,10 @@ def test_publish_reaches_subscribers_only_and_is_kept() -> None:
     tracker.register(subscriber)
     tracker.register(other)
     tracker.subscribe(subscriber, "news")
-    message = tracker.publish("news", {"n": 1})
+    message = fired(tracker.publish("news", {"n": 1}))
     assert subscriber.written == [message] and other.written == []
     assert message.payload == b'{"type":"message","channel":"news","data":{"n":1},"pos":1}'
-    assert tracker.publish("empty", 2).pos == 2  # nobody listens: still positioned
+    assert fired(tracker.publish("empty", 2)).pos == 2  # nobody listens: still positioned
 
 
 def test_room_notifications_and_members_are_local_and_synchronous() -> None:
@@ -142,8 +163,8 @@ def test_room_notifications_and_members_are_local_and_synchronous() -> None:
     tracker.register(bob)
     tracker.join_room(alice, "lobby", "alice")
     tracker.join_room(bob, "lobby", "bob")
-    assert tracker.room_members("lobby") == ["alice", "bob"]
-    assert tracker.room_size("lobby") == 2
+    assert fired(tracker.room_members("lobby")) == ["alice", "bob"]
+    assert fired(tracker.room_size("lobby")) == 2
     assert alice.types() == ["join", "join"] and bob.types() == ["join"]
     tracker.leave_room(bob, "lobby")
     assert alice.types() == ["join", "join", "leave"]
@@ -154,7 +175,7 @@ def test_cluster_counts_are_this_nodes_counts() -> None:
     tracker = make_tracker()
     tracker.register(RecordingClient(tracker))
     tracker.register(RecordingAjaxClient(tracker))
-    assert tracker.cluster_counts() == {"websocket": 1, "ajax": 1} == tracker.count_by_transport()
+    assert fired(tracker.cluster_counts()) == {"websocket": 1, "ajax": 1} == tracker.count_by_transport()
 
 
 def test_send_to_an_unknown_id_is_not_found() -> None:
@@ -170,13 +191,15 @@ def test_replay_is_synchronous_and_exact() -> None:
     client = RecordingClient(tracker)
     tracker.register(client)
     tracker.subscribe(client, "news")
-    assert tracker.replay(client, "e1", 1, ["news"], client.connected_at) is True
+    assert fired(tracker.replay(client, "e1", 1, ["news"], client.connected_at)) is True
     assert [m.pos for m in client.written] == [2, 3]
-    assert tracker.replay(RecordingClient(tracker), "other-epoch", 0, [], 0) is False
+    assert fired(tracker.replay(RecordingClient(tracker), "other-epoch", 0, [], 0)) is False
 
 
-def test_sessions_get_random_ids() -> None:
-    assert make_tracker().backplane.new_session_id() is None
+def test_sessions_get_random_secrets_without_a_home_node() -> None:
+    backplane = make_tracker().backplane
+    first, second = backplane.new_session_secret(), backplane.new_session_secret()
+    assert first != second and "." not in first and len(first) >= 43
 
 
 # What the tracker hands to a clustered backplane ---------------------------------
@@ -200,7 +223,7 @@ class RecordingBackplane(MemoryBackplane):
 
     def publish(self, stream: str, envelope: dict[str, Any], key: Any) -> Any:
         self.published.append((stream, envelope, key))
-        return None
+        return Deferred()  # positioned later, as by Redis: never, here
 
     def send_to_room(self, room: str, envelope: dict[str, Any]) -> int:
         self.room_events.append((room, envelope))
@@ -231,7 +254,7 @@ def test_a_clustered_publish_is_delivered_when_it_comes_back() -> None:
     tracker.receive("news", Outgoing(b'{"type":"message","channel":"news","data":5,"pos":7}', 7,
                                      created=tracker.clock()))
     assert [m.pos for m in client.written] == [7]
-    assert tracker.position == 7 and [m.pos for m in tracker.histories["news"].after(0)] == [7]
+    assert tracker.position == 7 and [m.pos for m in tracker.stream.history("news").after(0)] == [7]
 
 
 def test_a_message_without_position_is_delivered_but_not_kept() -> None:
@@ -240,7 +263,7 @@ def test_a_message_without_position_is_delivered_but_not_kept() -> None:
     tracker.register(client)
     tracker.receive(GLOBAL_STREAM, Outgoing(b'{"type":"chat","data":"x"}'))
     assert len(client.written) == 1
-    assert GLOBAL_STREAM not in tracker.histories and tracker.position == 0
+    assert GLOBAL_STREAM not in tracker.stream.streams() and tracker.position == 0
 
 
 def test_membership_changes_are_reported_to_the_backplane() -> None:
@@ -267,9 +290,9 @@ def test_send_to_a_client_on_another_node_goes_through_the_backplane() -> None:
 def test_resynchronising_stops_local_histories_vouching_for_the_gap() -> None:
     tracker = make_tracker(RecordingBackplane())
     tracker.receive("news", Outgoing(b'{"pos":3}', 3, created=tracker.clock()))
-    tracker.resynchronise("e1", 10)
-    assert tracker.histories == {} and tracker.position == 10
-    complete, missed = tracker.missed_since(5, ["news"], 10)
+    tracker.stream.resynchronise("e1", 10)
+    assert tracker.stream.streams() == [] and tracker.position == 10
+    complete, missed = tracker.stream.missed_since(5, ["news"], 10)
     assert not complete and missed == []
-    complete, _ = tracker.missed_since(10, ["news"], 10)
+    complete, _ = tracker.stream.missed_since(10, ["news"], 10)
     assert complete

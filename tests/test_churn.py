@@ -38,7 +38,7 @@ async def ajax_cycle(server, http, jsonp):
     else:
         response = await http.post(server.ajax_url + "/connect")
         session = json.loads(await response.content())["session"]
-        response = await http.post(server.ajax_url + "/disconnect", params={"session": session})
+        response = await http.post(server.ajax_url + "/disconnect", headers={"X-AppServer-Session": [session]})
     assert response.code == 200
     await response.content()
 

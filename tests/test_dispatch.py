@@ -18,6 +18,7 @@ from appserver._server.dispatch import RATE_LIMIT_CLOSE_AFTER, RATE_LIMIT_CLOSE_
 from appserver._core.envelope import Envelope, ProtocolError
 from appserver._server.limits import TokenBucket
 from appserver._core.tracker import ClientTracker, TrackerEvents, TrackerLimits
+from support.deferreds import fired
 
 
 class FakeClient(Client):
@@ -245,7 +246,7 @@ def test_join_leave_and_members(dispatcher, client, tracker):
         "type": "reply", "re": "members", "id": 4, "data": {"room": "lobby", "members": ["ann"]}}
     assert only(send(dispatcher, client, "leave", {"room": "lobby"}, 2)) == {
         "type": "reply", "re": "leave", "id": 2, "data": None}
-    assert tracker.room_size("lobby") == 0
+    assert fired(tracker.room_size("lobby")) == 0
 
 
 def test_leaving_a_room_one_is_not_in_is_bad_data(dispatcher, client):

@@ -232,7 +232,7 @@ async def auth(module, start, reactor):
     assert code == 403
     code, body = await http("POST", server.ajax_url + "/connect?token=t-bob")
     assert code == 200 and json.loads(body)["session"]
-    assert server.tracker.get(json.loads(body)["session"]).attributes["user"] == "bob"
+    assert server.tracker.get(json.loads(body)["client_id"]).attributes["user"] == "bob"
 
 
 @exercise

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
 from appserver._core.envelope import ProtocolError, parse_envelope
-from support.wsclient import AjaxStub, MemoryWebSocket, make_runtime
+from support.wsclient import SESSION_HEADER, AjaxStub, MemoryWebSocket, make_runtime
 
 ERROR_CODES = {"bad_json", "bad_envelope", "unknown_type", "bad_data", "binary_unsupported", "rate_limited",
                "forbidden", "limit", "handler_failed"}
@@ -141,9 +141,13 @@ def test_no_query_breaks_the_ajax_site(path, callback, session, since, msg, room
     ajax.poll(real, 0)
     params = {"callback": callback, "session": real if session == "valid" else session, "since": since,
               "msg": msg, "room": room}
+    headers = {}
+    if not callback and params["session"] is not None:
+        # JSON requests carry the session in a header; only JSONP in the query.
+        headers[SESSION_HEADER] = quote(params.pop("session"), safe='')
     query = "&".join(f"{name}={quote(value, safe='')}" for name, value in params.items() if value is not None)
     with capturedLogs():
-        pending = ajax.start("GET", path + ("?" + query if query else ""))
+        pending = ajax.start("GET", path + ("?" + query if query else ""), headers=headers)
         ajax.advance(5.0)
     from support.wsclient import resolved
     answer = resolved(pending)

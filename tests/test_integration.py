@@ -13,16 +13,28 @@ import treq
 from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
 from appserver._web.websocket import TrackedProtocol
-from support.wsclient import next_message, open_client, raw_request, wait_closed, wait_until
+from support.wsclient import SESSION_HEADER, next_message, open_client, raw_request, wait_closed, wait_until
+
+
+def _session_header(params):
+    """
+    JSON requests carry the session secret in the X-AppServer-Session
+    header; only JSONP (with callback=) puts it in the query.
+    """
+    if "session" in params and not params.get("callback"):
+        return {SESSION_HEADER: [str(params.pop("session"))]}
+    return None
 
 
 async def get_json(url, **params):
-    response = await treq.get(url, params=params or None, persistent=False)
+    headers = _session_header(params)
+    response = await treq.get(url, params=params or None, headers=headers, persistent=False)
     return response.code, json.loads(await response.content())
 
 
 async def post_json(url, body=b"", **params):
-    response = await treq.post(url, data=body, params=params or None, persistent=False)
+    headers = _session_header(params)
+    response = await treq.post(url, data=body, params=params or None, headers=headers, persistent=False)
     return response.code, json.loads(await response.content())
 
 
@@ -125,7 +137,7 @@ async def test_a_long_poll_over_a_socket_is_answered_by_a_websocket_chat(server_
     waiting = get_json(server.ajax_url + "/poll", session=session, since=first["position"])
     from twisted.internet import defer
     waiting = defer.ensureDeferred(waiting)
-    await wait_until(lambda: server.runtime.sessions.get(session).waiting is not None, reactor)
+    await wait_until(lambda: server.runtime.sessions.find(session).waiting is not None, reactor)
     ws = await open_client(server.ws_url, reactor)
     ws.sendMessage(json.dumps({"type": "chat", "data": "wake up"}).encode())
     _, answer = await waiting.addTimeout(5, reactor)
@@ -168,7 +180,8 @@ async def test_the_server_survives_every_bad_input_and_keeps_serving(server_fact
     for path, params in (("/poll", {"session": "x", "since": "y"}), ("/send", {"session": "x", "msg": "{"}),
                          ("/connect", {"callback": "alert(1)"}), ("/poll", {"since": "0"}),
                          ("/nope", {})):
-        response = await treq.get(server.ajax_url + path, params=params, persistent=False)
+        response = await treq.get(server.ajax_url + path, params=params, headers=_session_header(params),
+                                  persistent=False)
         body = await response.content()
         assert response.code in (400, 404, 405, 410), (path, response.code, body)
         assert "code" in json.loads(body)["error"]

@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import socket
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 import pytest_twisted
@@ -84,7 +85,29 @@ async def handshake_status(reactor, port: int, **kwargs) -> int | None:
     return peer.status
 
 
+SESSION_HEADER = "X-AppServer-Session"
+
+
+def session_in_header(url: str, headers: dict | None) -> tuple[str, dict | None]:
+    """
+    A JSON request (no C{callback=}) carries the session secret in the
+    X-AppServer-Session header, not in the query: move it there.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    names = {name for name, _ in query}
+    if "session" not in names or "callback" in names:
+        return url, headers
+    headers = dict(headers or {})
+    headers[SESSION_HEADER] = [value for name, value in query if name == "session"][0]
+    rest = urlencode([(name, value) for name, value in query if name != "session"])
+    return urlunsplit(parts._replace(query=rest)), headers
+
+
 async def ajax(method: str, url: str, **kwargs):
+    url, headers = session_in_header(url, kwargs.pop("headers", None))
+    if headers is not None:
+        kwargs["headers"] = headers
     response = await treq.request(method, url, persistent=False, **kwargs)
     body = await response.content()
     return response, (json.loads(body) if body else None)
@@ -344,7 +367,7 @@ async def test_an_accepting_authentication_hook_stores_its_attributes_on_the_cli
     headers = {"Cookie": credentials["cookie"]} if "cookie" in credentials else {}
     response, body = await ajax("POST", server.ajax_url + "/connect" + query, headers=headers)
     assert response.code == 200
-    assert tracker.get(body["session"]).attributes == {"user": "ann", "via": "/connect"}
+    assert tracker.get(body["client_id"]).attributes == {"user": "ann", "via": "/connect"}
     peer.transport.abortConnection()
     await ajax("POST", server.ajax_url + f"/disconnect?session={body['session']}")
     await wait_until(lambda: tracker.client_count == 0, reactor)

@@ -65,7 +65,8 @@ async def test_json_log_lines_carry_connection_fields_and_no_bodies(server_proce
     message = quote(json.dumps({"type": "chat", "data": SECRET}))
     sent = await treq.get(f"{ajax}/send?session={session}&callback=cb&msg={message}", persistent=False)
     assert (await sent.text()).startswith("/**/cb(")
-    await treq.post(f"{ajax}/disconnect?session={session}", headers={"Origin": [origin]}, persistent=False)
+    await treq.post(f"{ajax}/disconnect", headers={"Origin": [origin], "X-AppServer-Session": [session]},
+                    persistent=False)
     await wait_for_log(process, reactor, "WebSocket closed")
     await wait_for_log(process, reactor, "Ajax session closed")
     await wait_for_log(process, reactor, '"uri":"/disconnect"')
@@ -76,6 +77,7 @@ async def test_json_log_lines_carry_connection_fields_and_no_bodies(server_proce
     for event in events:
         assert {"time", "level", "namespace", "message"} <= set(event)
     assert SECRET not in text
+    assert session not in text  # the Ajax session's secret is a credential
 
     opened = one(events, "WebSocket open")
     assert opened["transport"] == "websocket" and opened["origin"] == origin

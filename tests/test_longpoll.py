@@ -48,7 +48,8 @@ def test_connect_queues_a_welcome_that_the_first_poll_returns_at_once(ajax):
     assert body["position"] == 1
     (welcome,) = body["messages"]
     assert welcome["type"] == "welcome"
-    assert welcome["data"]["client_id"] == session and welcome["data"]["transport"] == "ajax"
+    assert welcome["data"]["client_id"] == ajax.client_id(session) and welcome["data"]["transport"] == "ajax"
+    assert welcome["data"]["client_id"] != session
     assert welcome["data"]["epoch"] == ajax.runtime.tracker.epoch
 
 
@@ -267,7 +268,7 @@ def test_a_poll_whose_connection_drops_lets_the_session_expire(ajax):
     for pump in list(ajax.treq._agent._pumps):
         pump.clientIO.loseConnection()
         pump.flush()
-    session_object = ajax.runtime.sessions.get(session)
+    session_object = ajax.runtime.sessions.find(session)
     assert session_object.waiting is None
     ajax.advance(IDLE_TIMEOUT)
     assert ajax.runtime.tracker.client_count == 0

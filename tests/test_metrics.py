@@ -15,6 +15,7 @@ from twisted.internet import defer
 from appserver._server.app import App
 from support.wsclient import next_message, open_client, wait_closed, wait_until
 from appserver._server.metrics import MetricsEvents
+from support.deferreds import fired
 
 TIMEOUT = 5
 
@@ -57,6 +58,13 @@ def scraped(text, name, **labels):
 async def ajax_connect(server):
     response = await treq.post(server.ajax_url + "/connect", persistent=False)
     return (await response.json())["session"]
+
+
+def session_header(session):
+    """
+    JSON requests carry the session secret in the X-AppServer-Session header.
+    """
+    return {"X-AppServer-Session": [session]}
 
 
 # Connections ------------------------------------------------------------------
@@ -112,7 +120,7 @@ async def test_close_codes_are_labelled_and_unusual_ones_are_other(server_factor
 async def test_ajax_disconnect_counts_a_normal_close(server_factory):
     server = await server_factory()
     session = await ajax_connect(server)
-    await treq.post(server.ajax_url + "/disconnect", params={"session": session}, persistent=False)
+    await treq.post(server.ajax_url + "/disconnect", headers=session_header(session), persistent=False)
     assert value(server, "appserver_connections_opened_total", transport="ajax") == 1
     assert value(server, "appserver_connections_closed_total", transport="ajax", code="1000") == 1
     assert value(server, "appserver_clients", transport="ajax") == 0
@@ -149,7 +157,7 @@ async def test_channel_fanout_counts_recipients_bytes_and_delivery_time(server_f
         await next_message(client, reactor)
     direct_before = value(server, "appserver_messages_sent_total", kind="direct")
 
-    message = server.tracker.publish("prices", {"eur": 1.1})
+    message = fired(server.tracker.publish("prices", {"eur": 1.1}))
     for client in clients:
         assert (await next_message(client, reactor))["channel"] == "prices"
 
@@ -183,7 +191,7 @@ async def test_long_poll_delivery_time_is_measured_when_the_poll_answers(server_
     session = await ajax_connect(server)
     server.tracker.broadcast("chat", "one")
     server.tracker.broadcast("chat", "two")
-    response = await treq.get(server.ajax_url + "/poll", params={"session": session, "since": "0"},
+    response = await treq.get(server.ajax_url + "/poll", params={"since": "0"}, headers=session_header(session),
                               persistent=False)
     assert len((await response.json())["messages"]) == 3  # welcome + two broadcasts
     # The welcome is not part of a stream and has no publication time.
@@ -194,10 +202,10 @@ async def test_long_poll_delivery_time_is_measured_when_the_poll_answers(server_
 async def test_held_polls_are_counted_while_they_wait(server_factory, reactor):
     server = await server_factory(poll_timeout=5.0)
     session = await ajax_connect(server)
-    first = await treq.get(server.ajax_url + "/poll", params={"session": session, "since": "0"},
+    first = await treq.get(server.ajax_url + "/poll", params={"since": "0"}, headers=session_header(session),
                            persistent=False)
     since = str((await first.json())["position"])
-    waiting = treq.get(server.ajax_url + "/poll", params={"session": session, "since": since},
+    waiting = treq.get(server.ajax_url + "/poll", params={"since": since}, headers=session_header(session),
                        persistent=False)
     await eventually(reactor, lambda: value(server, "appserver_longpoll_waiting") == 1)
     server.tracker.broadcast("chat", "wake up")

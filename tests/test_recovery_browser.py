@@ -59,20 +59,23 @@ class ChatSender:
 
     def __init__(self, ajax_url: str) -> None:
         self.ajax_url = ajax_url
+        self.session: str | None = None
         self.session = self._post("/connect", None)["session"]
 
     def _post(self, path: str, envelope) -> dict:
         body = json.dumps(envelope).encode() if envelope is not None else b""
-        request = urllib.request.Request(self.ajax_url + path, data=body, method="POST",
-                                         headers={"Content-Type": "text/plain"})
+        headers = {"Content-Type": "text/plain"}
+        if self.session is not None:
+            headers["X-AppServer-Session"] = self.session
+        request = urllib.request.Request(self.ajax_url + path, data=body, method="POST", headers=headers)
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
 
     def say(self, text: str) -> None:
-        assert self._post(f"/send?session={self.session}", {"type": "chat", "data": text}) == {"ok": True}
+        assert self._post("/send", {"type": "chat", "data": text}) == {"ok": True}
 
     def leave(self) -> None:
-        self._post(f"/disconnect?session={self.session}", None)
+        self._post("/disconnect", None)
 
 
 def lines(*texts: str) -> list[re.Pattern[str]]:

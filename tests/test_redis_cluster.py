@@ -127,6 +127,7 @@ class Ajax:
         self.urls = urls
         self._turn = 0
         self.session: str | None = None
+        self.client_id: str | None = None
         self.cursor = 0
         self.received: list[dict[str, Any]] = []
         self.polls = 0
@@ -142,16 +143,23 @@ class Ajax:
     async def connect(self) -> "Ajax":
         response = await treq.post(self._url("/connect"), b"", persistent=False)
         assert response.code == 200, await response.text()
-        self.session = (await response.json())["session"]
+        answer = await response.json()
+        self.session = answer["session"]
+        self.client_id = answer["client_id"]
         return self
+
+    def _headers(self) -> dict[str, list[str]]:
+        # JSON requests carry the session secret in a header (routed with the request).
+        assert self.session is not None
+        return {"X-AppServer-Session": [self.session]}
 
     async def send(self, message_type: str, data: Any = None) -> None:
         response = await treq.post(self._url("/send"), json.dumps({"type": message_type, "data": data}).encode(),
-                                   params={"session": self.session}, persistent=False)
+                                   headers=self._headers(), persistent=False)
         assert response.code == 200, await response.text()
 
     async def poll_once(self) -> None:
-        self._poll = treq.get(self._url("/poll"), params={"session": self.session, "since": str(self.cursor)},
+        self._poll = treq.get(self._url("/poll"), params={"since": str(self.cursor)}, headers=self._headers(),
                               persistent=False)
         response = await self._poll
         body = await response.json()
@@ -366,10 +374,26 @@ async def test_an_ajax_session_works_through_any_node(cluster, redis, reactor, c
     assert ajax.polls >= 2
     await eventually(reactor, lambda: _counts_match(b, 1, 0, 1))
     # An unknown session is unknown on every node.
-    response = await treq.get(b.url("ajax") + "/poll", params={"session": "a.nosuchsession", "since": "0"},
-                              persistent=False)
+    response = await treq.get(b.url("ajax") + "/poll", params={"since": "0"},
+                              headers={"X-AppServer-Session": ["a.nosuchsession"]}, persistent=False)
     assert response.code == 410
     assert (await response.json())["error"]["code"] == "unknown_session"
+    # The public client id is no credential on any node, routed or not.
+    assert ajax.client_id != ajax.session and not ajax.session.endswith(ajax.client_id)
+    for node in (a, b):
+        for guess in (ajax.client_id, "a." + ajax.client_id):
+            response = await treq.post(node.url("ajax") + "/send", b'{"type": "chat", "data": "forged"}',
+                                       headers={"X-AppServer-Session": [guess]}, persistent=False)
+            assert response.code == 410, await response.text()
+            assert (await response.json())["error"]["code"] == "unknown_session"
+    # JSONP carries the secret in the query, routed as well.
+    response = await treq.get(b.url("ajax") + "/send", params={"session": ajax.session, "callback": "cb",
+                                                               "msg": '{"type": "chat", "data": "jsonp"}'},
+                              persistent=False)
+    text = await response.text()
+    assert text.startswith("/**/cb(") and json.loads(text[len("/**/cb("):-2]) == {"ok": True}, text
+    await eventually(reactor, lambda: "jsonp" in chats(ajax.received))
+    assert "forged" not in chats(ajax.received)
 
 
 # Failures --------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 
 from support.proxy import start_proxy
+from support.deferreds import fired
 from support.recovering_client import RecoveringAjax, RecoveringWebSocket
 from support.wsclient import next_message, open_client, wait_until
 
@@ -64,7 +65,7 @@ class Publisher:
 
     def _tick(self):
         self.sent += 1
-        self.positions.append(self.tracker.publish(self.channel, self.sent).pos)
+        self.positions.append(fired(self.tracker.publish(self.channel, self.sent)).pos)
         if self.on_tick is not None:
             self.on_tick()
         if self.sent >= self.count:
@@ -76,7 +77,7 @@ class Publisher:
 
 
 def publish(tracker, channel, values):
-    return [tracker.publish(channel, value).pos for value in values]
+    return [fired(tracker.publish(channel, value)).pos for value in values]
 
 
 # TCP reset ---------------------------------------------------------------------------------
@@ -150,13 +151,13 @@ async def test_broadcasts_and_channel_messages_interleaved_are_recovered_in_posi
     await wait_until(lambda: tracker.client_count == 0, reactor)
     missed = []
     for n in range(5):
-        missed.append(tracker.broadcast("chat", f"missed {n}").pos)
-        missed.append(tracker.publish("ticks", n).pos)
+        missed.append(fired(tracker.broadcast("chat", f"missed {n}")).pos)
+        missed.append(fired(tracker.publish("ticks", n)).pos)
     client.reconnect()
     await client.wait_for(lambda: client.resumed, what="resumed")
     # Live traffic between the welcome and the end of the replay is held
     # back and delivered after it, in order.
-    live = tracker.broadcast("chat", "after").pos
+    live = fired(tracker.broadcast("chat", "after")).pos
 
     await client.wait_for(lambda: client.highest == live)
     assert client.positions[1:] == missed + [live]
@@ -180,7 +181,7 @@ async def test_a_silently_dropped_connection_is_found_by_pings_and_counted_out_e
                                          ping_interval=0.6, ping_timeout=1.2))
     await victim.start()
     victim.send("join", {"room": "lobby", "username": "victim"})
-    await wait_until(lambda: tracker.room_members("lobby") == ["victim", "watcher"], reactor)
+    await wait_until(lambda: fired(tracker.room_members("lobby")) == ["victim", "watcher"], reactor)
     (old,) = [c for c in tracker.clients.values() if "ticks" in c.channels]
 
     assert proxy.freeze() == 1
@@ -193,7 +194,7 @@ async def test_a_silently_dropped_connection_is_found_by_pings_and_counted_out_e
     assert victim.opened == 1, "the client reconnected before the server noticed"
     assert tracker.client_count == 1
     assert tracker.subscriber_count("ticks") == 0 and "ticks" not in tracker.channels
-    assert tracker.room_members("lobby") == ["watcher"]
+    assert fired(tracker.room_members("lobby")) == ["watcher"]
     leave = await next_message(watcher, reactor, "leave")
     assert leave["data"] == {"room": "lobby", "username": "victim"}
     watcher.sendClose()
@@ -307,23 +308,24 @@ async def test_an_ajax_client_recovers_what_it_missed_in_a_new_session(
     before = publish(tracker, "ticks", [1, 2, 3])
     await client.wait_for(lambda: len(client.delivered) == 3)
     first_session = client.session
+    first_client_id = client.client_id
 
     if ending == "expired":
         client.pause_polling()
         missed = publish(tracker, "ticks", [4, 5])
-        missed.append(tracker.broadcast("chat", "while away").pos)
-        await wait_until(lambda: tracker.get(first_session) is None, reactor, timeout=2.0)
+        missed.append(fired(tracker.broadcast("chat", "while away")).pos)
+        await wait_until(lambda: tracker.get(first_client_id) is None, reactor, timeout=2.0)
         client.resume_polling()                   # 410 unknown_session
         await client.wait_for(lambda: not client.connected, what="the expiry seen by the client")
         assert client.closes[-1][0] == 410
     else:
-        session = server.runtime.sessions.get(first_session)
+        session = server.runtime.sessions.find(first_session)
         await wait_until(lambda: session.waiting is not None, reactor)
         session.close(1001, "closed by the test")
         await client.wait_for(lambda: not client.connected, what="the close seen by the poll")
         assert client.closes[-1] == (1001, "closed by the test")
         missed = publish(tracker, "ticks", [4, 5])
-        missed.append(tracker.broadcast("chat", "while away").pos)
+        missed.append(fired(tracker.broadcast("chat", "while away")).pos)
     assert tracker.client_count == 0
 
     client.reconnect()
@@ -347,7 +349,7 @@ async def test_an_ajax_gap_longer_than_the_history_is_not_recovered(server_facto
                                     auto_reconnect=False))
     await client.start()
     await wait_until(lambda: tracker.subscriber_count("ticks") == 1, reactor)
-    server.runtime.sessions.get(client.session).close(1001, "closed by the test")
+    server.runtime.sessions.find(client.session).close(1001, "closed by the test")
     await client.wait_for(lambda: not client.connected)
     publish(tracker, "ticks", range(5))
     client.reconnect()

@@ -24,6 +24,7 @@ import treq
 from appserver._server.persistence import load_state, save_state
 from appserver._core.tracker import ClientTracker, TrackerLimits
 from support.servers import fixed_ports, free_ports
+from support.deferreds import fired
 from support.recovering_client import RecoveringAjax, RecoveringWebSocket
 from support.wsclient import has_fired, next_message, open_client, sleep, wait_closed
 
@@ -88,9 +89,9 @@ async def test_sigterm_answers_a_pending_poll_with_the_reconnect_and_closed(serv
     process = server_process("--shutdown-timeout", str(SHUTDOWN_TIMEOUT))
     base = process.url("ajax")
     connected = await (await treq.post(base + "/connect", persistent=False)).json()
-    session = connected["session"]
-    first = await (await treq.get(f"{base}/poll?session={session}&since=0", persistent=False)).json()
-    pending = treq.get(f"{base}/poll?session={session}&since={first['position']}", persistent=False)
+    session = {"X-AppServer-Session": [connected["session"]]}
+    first = await (await treq.get(f"{base}/poll?since=0", headers=session, persistent=False)).json()
+    pending = treq.get(f"{base}/poll?since={first['position']}", headers=session, persistent=False)
     await sleep(reactor, 0.2)       # the poll is waiting on the server
     assert not has_fired(pending)
 
@@ -225,10 +226,10 @@ def test_a_saved_state_restores_epoch_position_and_histories(tmp_path):
 
     assert restored.epoch == saved.epoch and restored.position == saved.position == 3
     for stream in ("", "news"):
-        before = [(m.pos, m.payload, m.key) for m in saved.histories[stream].after(0)]
-        after = [(m.pos, m.payload, m.key) for m in restored.histories[stream].after(0)]
+        before = [(m.pos, m.payload, m.key) for m in saved.stream.history(stream).after(0)]
+        after = [(m.pos, m.payload, m.key) for m in restored.stream.history(stream).after(0)]
         assert after == before
-    assert restored.publish("news", 3).pos == 4
+    assert fired(restored.publish("news", 3)).pos == 4
 
 
 def test_the_state_file_is_deleted_once_read_so_a_crash_afterwards_starts_a_new_epoch(tmp_path):
@@ -248,14 +249,14 @@ def test_a_restored_history_still_obeys_the_size_and_age_limits(tmp_path):
     save_state(saved, path)
     smaller = ClientTracker(TrackerLimits(history_size=1), clock=lambda: 1000.0)
     load_state(smaller, path)
-    assert [m.pos for m in smaller.histories["news"].after(0)] == [3]
-    assert not smaller.histories["news"].covers(1) and smaller.histories["news"].covers(2)
+    assert [m.pos for m in smaller.stream.history("news").after(0)] == [3]
+    assert not smaller.stream.history("news").covers(1) and smaller.stream.history("news").covers(2)
 
     later = ClientTracker(TrackerLimits(history_age=10), clock=lambda: 2000.0)
     save_state(saved, path)
     load_state(later, path)
-    assert all(len(history) == 0 for history in later.histories.values())
-    assert not later.histories["news"].covers(0)
+    assert all(len(later.stream.history(stream)) == 0 for stream in later.stream.streams())
+    assert not later.stream.history("news").covers(0)
 
 
 @pytest.mark.parametrize("content", [b"{not json", b'{"version": 99}', b'{"version": 1, "epoch": ""}', b"[]"])
@@ -265,7 +266,7 @@ def test_an_unreadable_state_file_is_ignored_and_the_node_takes_a_new_epoch(tmp_
     tracker = ClientTracker()
     epoch = tracker.epoch
     assert not load_state(tracker, str(path))
-    assert tracker.epoch == epoch and tracker.position == 0 and tracker.histories == {}
+    assert tracker.epoch == epoch and tracker.position == 0 and tracker.stream.streams() == []
 
 
 def test_saving_into_a_missing_directory_fails_without_raising(tmp_path):

@@ -33,6 +33,7 @@ from appserver._server.app import App
 from appserver.apps.chat import app as chat_app
 from appserver._core.client import SLOW_CONSUMER_CLOSE_CODE
 from support.wsclient import sleep, wait_until
+from support.deferreds import fired
 
 #: Twisted pauses a transport's producer past this many buffered bytes.
 TRANSPORT_HIGH_WATER = 64 * 1024
@@ -248,7 +249,7 @@ async def test_a_non_reading_client_does_not_hold_back_a_hundred_others(server_f
 
     try:
         for n in range(400):
-            message = tracker.broadcast("tick", {"n": n, "pad": padding})
+            message = fired(tracker.broadcast("tick", {"n": n, "pad": padding}))
             sent.append(message.pos)
             largest_frame = max(largest_frame, len(message.frame))
             watch.sample()
@@ -282,7 +283,7 @@ async def test_a_slow_consumer_is_sent_4000_and_dropped_when_the_close_handshake
         slow_client = server_side(tracker, 0)
         slow.send({"type": "join", "data": {"room": "lobby", "username": "slowpoke"}})
         slow.send({"type": "subscribe", "data": {"channel": "news"}})
-        await wait_until(lambda: tracker.subscriber_count("news") == 1 and tracker.room_size("lobby") == 1,
+        await wait_until(lambda: tracker.subscriber_count("news") == 1 and fired(tracker.room_size("lobby")) == 1,
                          reactor)
         shrink_send_buffer(slow_client)
         for n in range(2000):
@@ -305,7 +306,7 @@ async def test_a_slow_consumer_is_sent_4000_and_dropped_when_the_close_handshake
                          timeout=CLOSE_HANDSHAKE_TIMEOUT + 1.5, step=0.05)
         assert reactor.seconds() - closed_at <= CLOSE_HANDSHAKE_TIMEOUT + 1.5
         assert tracker.client_count == 0
-        assert tracker.subscriber_count("news") == 0 and tracker.room_size("lobby") == 0
+        assert tracker.subscriber_count("news") == 0 and fired(tracker.room_size("lobby")) == 0
         assert server.runtime.limiter.total == 0
     finally:
         slow.close()
@@ -332,7 +333,7 @@ async def test_the_server_side_memory_of_a_non_reading_client_is_bounded_whateve
         payload = "y" * 1024
         largest_frame = 0
         for n in range(20_000):
-            message = tracker.broadcast("bulk", payload)
+            message = fired(tracker.broadcast("bulk", payload))
             largest_frame = max(largest_frame, len(message.frame))
             watch.sample()
             if slow_client.queue is not None and slow_client.queue.dropped > 2 * max_messages:

@@ -9,9 +9,10 @@ import json
 import pytest
 
 from appserver._core.client import SLOW_CONSUMER_CLOSE_CODE, Client
-from appserver._core.envelope import ProtocolError
+from appserver._core.envelope import Outgoing, ProtocolError
 from appserver._core.tracker import ClientTracker, TrackerEvents, TrackerLimits
 from appserver._core.names import validate_channel_name, validate_room_name, validate_username
+from support.deferreds import fired
 
 
 class FakeClock:
@@ -136,8 +137,8 @@ def test_events_hear_of_registration_and_unregistration(clock):
 
 def test_broadcast_reaches_every_client_with_growing_positions(tracker):
     a, b = joined(tracker, FakeClient(tracker), AjaxFake(tracker))
-    first = tracker.broadcast("chat", "one")
-    second = tracker.broadcast("chat", "two")
+    first = fired(tracker.broadcast("chat", "one"))
+    second = fired(tracker.broadcast("chat", "two"))
     assert second.pos > first.pos
     for client in (a, b):
         assert client.sent == [{"type": "chat", "data": "one", "pos": first.pos},
@@ -180,7 +181,7 @@ def test_a_paused_client_queues_and_gets_everything_in_order_on_resume(tracker):
 def test_publish_reaches_only_the_channel_subscribers(tracker):
     a, b = joined(tracker, FakeClient(tracker), FakeClient(tracker))
     tracker.subscribe(a, "news")
-    message = tracker.publish("news", {"headline": "x"})
+    message = fired(tracker.publish("news", {"headline": "x"}))
     assert a.sent == [{"type": "message", "channel": "news", "data": {"headline": "x"}, "pos": message.pos}]
     assert b.sent == []
 
@@ -316,14 +317,14 @@ def test_join_tells_every_member_including_the_newcomer(tracker):
     assert joins == [{"type": "join", "data": {"room": "lobby", "username": "ann"}},
                      {"type": "join", "data": {"room": "lobby", "username": "bob"}}]
     assert bob.sent == [{"type": "join", "data": {"room": "lobby", "username": "bob"}}]
-    assert tracker.room_members("lobby") == ["ann", "bob"] and tracker.room_size("lobby") == 2
+    assert fired(tracker.room_members("lobby")) == ["ann", "bob"] and fired(tracker.room_size("lobby")) == 2
 
 
 def test_joining_again_under_the_same_name_changes_nothing(tracker):
     (ann,) = joined(tracker, FakeClient(tracker))
     tracker.join_room(ann, "lobby", "ann")
     tracker.join_room(ann, "lobby", "ann")
-    assert len(ann.sent) == 1 and tracker.room_size("lobby") == 1
+    assert len(ann.sent) == 1 and fired(tracker.room_size("lobby")) == 1
 
 
 def test_joining_under_another_name_renames_the_member(tracker):
@@ -331,7 +332,7 @@ def test_joining_under_another_name_renames_the_member(tracker):
     tracker.join_room(bob, "lobby", "bob")
     tracker.join_room(ann, "lobby", "ann")
     tracker.join_room(ann, "lobby", "anna")
-    assert tracker.room_members("lobby") == ["anna", "bob"]
+    assert fired(tracker.room_members("lobby")) == ["anna", "bob"]
     assert {"type": "leave", "data": {"room": "lobby", "username": "ann"}} in bob.sent
     assert {"type": "join", "data": {"room": "lobby", "username": "anna"}} in bob.sent
 
@@ -343,14 +344,14 @@ def test_leave_tells_the_remaining_members(tracker):
     assert tracker.leave_room(ann, "lobby") is True
     assert bob.sent[-1] == {"type": "leave", "data": {"room": "lobby", "username": "ann"}}
     assert ann.sent[-1]["type"] == "join"
-    assert tracker.room_members("lobby") == ["bob"]
+    assert fired(tracker.room_members("lobby")) == ["bob"]
 
 
 def test_the_last_member_leaving_removes_the_room(tracker):
     (ann,) = joined(tracker, FakeClient(tracker))
     tracker.join_room(ann, "lobby", "ann")
     tracker.leave_room(ann, "lobby")
-    assert "lobby" not in tracker.rooms and tracker.room_size("lobby") == 0
+    assert "lobby" not in tracker.rooms and fired(tracker.room_size("lobby")) == 0
 
 
 def test_leaving_a_room_one_is_not_in_reports_it(tracker):
@@ -365,7 +366,7 @@ def test_a_disconnect_without_goodbye_sends_leave_to_the_rest(tracker):
     tracker.unregister(ann)
     leave = {"type": "leave", "data": {"room": "lobby", "username": "ann"}}
     assert bob.sent[-1] == leave and eve.sent[-1] == leave
-    assert tracker.room_members("lobby") == ["bob", "eve"]
+    assert fired(tracker.room_members("lobby")) == ["bob", "eve"]
 
 
 def test_join_validates_room_and_username(tracker):
@@ -395,7 +396,7 @@ def test_replay_sends_missed_broadcasts_and_channel_messages_in_order(tracker):
     tracker.broadcast("chat", "b2")
     tracker.publish("other", "o1")
     client = reconnect(tracker)
-    assert tracker.replay(client, "epoch-1", since, ["news"], client.connected_at) is True
+    assert fired(tracker.replay(client, "epoch-1", since, ["news"], client.connected_at)) is True
     assert [m["data"] for m in client.sent] == ["b1", "n1", "b2"]
     positions = [m["pos"] for m in client.sent]
     assert positions == sorted(positions)
@@ -407,14 +408,14 @@ def test_replay_skips_broadcasts_that_arrived_live_after_connecting(tracker):
     client = reconnect(tracker)
     tracker.broadcast("chat", "live")
     client.sent.clear()
-    assert tracker.replay(client, "epoch-1", since, [], client.connected_at) is True
+    assert fired(tracker.replay(client, "epoch-1", since, [], client.connected_at)) is True
     assert [m["data"] for m in client.sent] == ["missed"]
 
 
 def test_replay_with_nothing_missed_is_recovered(tracker):
     tracker.broadcast("chat", 1)
     client = reconnect(tracker)
-    assert tracker.replay(client, "epoch-1", tracker.position, [], client.connected_at) is True
+    assert fired(tracker.replay(client, "epoch-1", tracker.position, [], client.connected_at)) is True
     assert client.sent == []
 
 
@@ -423,7 +424,7 @@ def test_replay_is_not_recovered_when_the_history_was_exceeded(tracker):
     for n in range(6):  # history_size is 5
         tracker.broadcast("chat", n)
     client = reconnect(tracker)
-    assert tracker.replay(client, "epoch-1", since, [], client.connected_at) is False
+    assert fired(tracker.replay(client, "epoch-1", since, [], client.connected_at)) is False
     assert [m["data"] for m in client.sent] == [1, 2, 3, 4, 5]
 
 
@@ -432,7 +433,7 @@ def test_replay_is_not_recovered_when_the_history_expired(tracker, clock):
     tracker.broadcast("chat", 1)
     clock.now += 61
     client = reconnect(tracker)
-    assert tracker.replay(client, "epoch-1", since, [], client.connected_at) is False
+    assert fired(tracker.replay(client, "epoch-1", since, [], client.connected_at)) is False
 
 
 @pytest.mark.parametrize("epoch, since", [("another-epoch", 0), (None, 0), ("epoch-1", -1),
@@ -443,7 +444,7 @@ def test_replay_from_another_epoch_or_a_bad_position_is_not_recovered(tracker, e
     events = RecordingEvents()
     tracker.events = events
     client = reconnect(tracker)
-    assert tracker.replay(client, epoch, since, [], client.connected_at) is False
+    assert fired(tracker.replay(client, epoch, since, [], client.connected_at)) is False
     assert client.sent == [] and events.calls[-1] == ("recovery", False)
 
 
@@ -456,7 +457,7 @@ def test_resume_recovers_a_channel_whose_first_message_came_while_away(tracker):
     tracker.broadcast("chat", "while away")
     tracker.publish("quiet", "first ever")
     client = reconnect(tracker)
-    assert tracker.replay(client, "epoch-1", since, ["quiet"], client.connected_at) is True
+    assert fired(tracker.replay(client, "epoch-1", since, ["quiet"], client.connected_at)) is True
     assert [m["data"] for m in client.sent] == ["while away", "first ever"]
 
 
@@ -467,8 +468,8 @@ def test_sweep_drops_expired_histories_of_unfollowed_channels(tracker, clock):
     tracker.subscribe(follower, "kept")
     clock.now += 61
     tracker.sweep()
-    assert "gone" not in tracker.histories
-    assert "kept" in tracker.histories
+    assert "gone" not in tracker.stream.streams()
+    assert "kept" in tracker.stream.streams()
 
 
 def test_a_swept_channel_cannot_vouch_for_older_positions(tracker, clock):
@@ -477,7 +478,7 @@ def test_a_swept_channel_cannot_vouch_for_older_positions(tracker, clock):
     clock.now += 61
     tracker.sweep()
     client = reconnect(tracker)
-    assert tracker.replay(client, "epoch-1", since, ["gone"], client.connected_at) is False
+    assert fired(tracker.replay(client, "epoch-1", since, ["gone"], client.connected_at)) is False
 
 
 def test_a_swept_channel_vouches_for_positions_after_it(tracker, clock):
@@ -486,7 +487,7 @@ def test_a_swept_channel_vouches_for_positions_after_it(tracker, clock):
     tracker.sweep()
     since = tracker.position
     client = reconnect(tracker)
-    assert tracker.replay(client, "epoch-1", since, ["gone"], client.connected_at) is True
+    assert fired(tracker.replay(client, "epoch-1", since, ["gone"], client.connected_at)) is True
 
 
 def test_replay_reports_recovery_events(tracker):
@@ -495,3 +496,55 @@ def test_replay_reports_recovery_events(tracker):
     client = reconnect(tracker)
     tracker.replay(client, "epoch-1", 0, [], client.connected_at)
     assert events.calls[-1] == ("recovery", True)
+
+
+# The stream log and what a backplane may ask of the node ---------------------------
+
+
+def test_epoch_and_position_are_the_stream_logs_and_read_only(tracker):
+    fired(tracker.broadcast("chat", 1))
+    assert (tracker.epoch, tracker.position) == (tracker.stream.epoch, tracker.stream.position) == ("epoch-1", 1)
+    with pytest.raises(AttributeError):
+        tracker.position = 5
+
+
+def test_an_existing_stream_log_brings_its_own_epoch(tracker):
+    with pytest.raises(ValueError):
+        ClientTracker(stream=tracker.stream, epoch="another")
+    assert ClientTracker(stream=tracker.stream).epoch == "epoch-1"
+
+
+def test_a_detached_client_gets_no_live_channel_message_until_reattached(tracker):
+    (client,) = joined(tracker, FakeClient(tracker))
+    tracker.subscribe(client, "news")
+    assert tracker.detach_from_channels(client, ["news", "other"]) == ["news"]
+    tracker.publish("news", "while detached")
+    assert client.sent == [] and client.channels == {"news"}
+    tracker.reattach_to_channels(client, ["news"])
+    tracker.publish("news", "after")
+    assert [m["data"] for m in client.sent] == ["after"]
+
+
+def test_a_client_that_closed_while_detached_is_not_reattached(tracker):
+    (client,) = joined(tracker, FakeClient(tracker))
+    tracker.subscribe(client, "news")
+    tracker.detach_from_channels(client, ["news"])
+    client.closed = True
+    tracker.reattach_to_channels(client, ["news"])
+    assert tracker.subscriber_count("news") == 0
+
+
+def test_local_queries_answer_with_plain_values(tracker):
+    ann, bob = joined(tracker, FakeClient(tracker), FakeClient(tracker))
+    tracker.subscribe(ann, "news")
+    tracker.join_room(ann, "lobby", "ann")
+    tracker.join_room(bob, "lobby", "bob")
+    assert tracker.local_room_members("lobby") == ["ann", "bob"] and tracker.local_room_size("lobby") == 2
+    assert tracker.channel_names() == ["news"] and tracker.room_names() == ["lobby"]
+
+
+def test_a_direct_message_from_another_node_reaches_a_local_client_only(tracker):
+    (client,) = joined(tracker, FakeClient(tracker))
+    assert tracker.deliver_to_client(client.client_id, Outgoing.of({"type": "hello"})) is True
+    assert tracker.deliver_to_client("elsewhere", Outgoing.of({"type": "hello"})) is False
+    assert client.sent == [{"type": "hello"}]

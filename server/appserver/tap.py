@@ -15,7 +15,6 @@ import txaio
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
 from appserver._server.app import load_app
@@ -86,7 +85,9 @@ class Options(usage.Options):
         for name in ("listen",) if settings.listen else ("static", "ajax", "ws"):
             description = getattr(settings, name)
             try:
-                serverFromString(MemoryReactor(), description)
+                # Parsing only: an endpoint keeps its reactor for later and
+                # twistd may not have installed the real one yet.
+                serverFromString(None, description)
             except Exception as error:  # also unreadable or bad TLS key/certificate files
                 raise usage.UsageError(f"--{name} {description!r} (from {resolved.sources[name]}) is not a valid "
                                        f"endpoint (e.g. tcp:9000, tcp:9000:interface=127.0.0.1, "

@@ -105,17 +105,25 @@ function fakeWebSocketClass() {
   };
 }
 
+/** The name of the request header that carries an Ajax session's secret. */
+const SESSION_HEADER = "X-AppServer-Session";
+
 /** A fetch whose every call waits until the test answers it. */
 function fakeFetch() {
   const calls = [];
   function fetch(url, init) {
     return new Promise((resolve, reject) => {
       const parsed = new URL(url);
+      // What a browser would send: header names are case-insensitive.
+      const headers = new Headers(init.headers);
       const call = {
         url: parsed,
         path: parsed.pathname,
         query: Object.fromEntries(parsed.searchParams),
         method: init.method,
+        headers,
+        /** The session secret the request carries in its header, or null. */
+        sessionHeader: headers.get(SESSION_HEADER),
         rawBody: init.body,
         body: init.body === undefined ? undefined : JSON.parse(init.body),
         init,
@@ -781,7 +789,8 @@ async function openSession(h, answer = ANSWER, welcome = {}) {
   h.http.take("/connect").respond(200, answer);
   await flush();
   const poll = h.http.take("/poll");
-  assert.deepEqual(poll.query, { session: answer.session, since: "0" });
+  assert.deepEqual(poll.query, { since: "0" });
+  assert.equal(poll.sessionHeader, answer.session);
   poll.respond(200, welcomePoll(welcome));
   await flush();
 }
@@ -860,7 +869,8 @@ describe("Ajax transport", () => {
     await flush();
     const first = h.http.take("/poll");
     assert.equal(first.method, "GET");
-    assert.deepEqual(first.query, { session: "S1", since: "0" });
+    assert.deepEqual(first.query, { since: "0" });
+    assert.equal(first.sessionHeader, "S1");
     assert.deepEqual(h.logged("open"), [], "open once the welcome arrived");
     first.respond(200, welcomePoll({}, [
       { type: "chat", data: "one", pos: 8 },
@@ -871,12 +881,13 @@ describe("Ajax transport", () => {
     assert.deepEqual(h.logged("chat"), ["one", "two"]);
     assert.equal(h.logged("welcome").length, 1, "one welcome per connection");
     const second = h.http.take("/poll");
-    assert.deepEqual(second.query, { session: "S1", since: "3" });
+    assert.deepEqual(second.query, { since: "3" });
+    assert.equal(second.sessionHeader, "S1");
     second.respond(200, { messages: [{ type: "welcome", data: {} }, { type: "chat", data: "three", pos: 10 }], position: 5 });
     await flush();
     assert.deepEqual(h.logged("chat"), ["one", "two", "three"]);
     assert.equal(h.logged("welcome").length, 1);
-    assert.deepEqual(h.http.take("/poll").query, { session: "S1", since: "5" });
+    assert.deepEqual(h.http.take("/poll").query, { since: "5" });
   });
 
   test("sends go one at a time, in order, as plain JSON bodies", async () => {
@@ -886,10 +897,11 @@ describe("Ajax transport", () => {
     const first = h.http.take("/send");
     assert.equal(h.http.open("/send").length, 1, "one send in flight");
     assert.equal(first.method, "POST");
-    assert.deepEqual(first.query, { session: "S1" });
+    assert.deepEqual(first.query, {});
+    assert.equal(first.sessionHeader, "S1");
     assert.deepEqual(first.body, { type: "chat", data: "a" });
     assert.equal(typeof first.rawBody, "string");
-    assert.equal(first.init.headers, undefined, "no custom header: no CORS preflight");
+    assert.deepEqual([...first.headers.keys()], [SESSION_HEADER.toLowerCase()], "no header but the session's");
     first.respond(200, { ok: true });
     await flush();
     assert.deepEqual(h.http.take("/send").body, { type: "chat", data: "b" });
@@ -947,12 +959,14 @@ describe("Ajax transport", () => {
     h.http.take("/connect").respond(200, { ...ANSWER, session: "S2" });
     await flush();
     const first = h.http.take("/poll");
-    assert.deepEqual(first.query, { session: "S2", since: "0" });
+    assert.deepEqual(first.query, { since: "0" });
+    assert.equal(first.sessionHeader, "S2");
     // Live #13 is queued right after the welcome, before the replay.
     first.respond(200, welcomePoll({ position: 12 }, [{ type: "chat", data: "#13", pos: 13 }]));
     await flush();
     const resume = h.http.take("/send");
-    assert.deepEqual(resume.query, { session: "S2" });
+    assert.deepEqual(resume.query, {});
+    assert.equal(resume.sessionHeader, "S2");
     assert.deepEqual(resume.body, { type: "resume", data: { epoch: "E1", since: 9, channels: [] } });
     h.http.take("/poll").respond(200, {
       messages: [
@@ -980,7 +994,8 @@ describe("Ajax transport", () => {
     resume.respond(200, { ok: true });
     await flush();
     const again = h.http.take("/send");
-    assert.deepEqual(again.query, { session: "S2" });
+    assert.deepEqual(again.query, {});
+    assert.equal(again.sessionHeader, "S2");
     assert.deepEqual(again.body, { type: "chat", data: "keep me" });
   });
 
@@ -1034,8 +1049,130 @@ describe("Ajax transport", () => {
     assert.equal(poll.aborted, true);
     const disconnect = h.http.take("/disconnect");
     assert.equal(disconnect.method, "POST");
-    assert.deepEqual(disconnect.query, { session: "S1" });
+    assert.deepEqual(disconnect.query, {});
+    assert.equal(disconnect.sessionHeader, "S1");
     assert.equal(h.clock.pending, 1, "only the disconnect request's own timeout");
+  });
+});
+
+// The session secret ---------------------------------------------------------------
+
+/** An opaque session secret, shaped like the server's (with a dot and a node name). */
+const SECRET = "q7Zr-9xK_2mT4vB8wLcN.node-2";
+
+describe("Ajax session secret", () => {
+  test("JSON poll, send and disconnect carry it in the header and never in the URL", async () => {
+    const h = setup({ transports: ["ajax"] });
+    await flush();
+    const connect = h.http.take("/connect");
+    assert.equal(connect.sessionHeader, null, "no secret before there is one");
+    assert.deepEqual(connect.query, {});
+    connect.respond(200, { ...ANSWER, session: SECRET });
+    await flush();
+    const first = h.http.take("/poll");
+    assert.equal(first.sessionHeader, SECRET);
+    assert.deepEqual(first.query, { since: "0" });
+    first.respond(200, welcomePoll());
+    await flush();
+    h.client.send("chat", "hi");
+    await flush();
+    const send = h.http.take("/send");
+    assert.equal(send.sessionHeader, SECRET);
+    assert.deepEqual(send.query, {});
+    send.respond(200, { ok: true });
+    await flush();
+    const poll = h.http.take("/poll");
+    assert.equal(poll.sessionHeader, SECRET);
+    assert.deepEqual(poll.query, { since: "1" });
+    h.client.close();
+    await flush();
+    const disconnect = h.http.take("/disconnect");
+    assert.equal(disconnect.sessionHeader, SECRET);
+    assert.deepEqual(disconnect.query, {});
+    assert.equal(h.http.calls.length, 5);
+    for (const call of h.http.calls) {
+      assert.equal(call.url.searchParams.has("session"), false, `no session= in ${call.path}`);
+      assert.ok(!call.url.href.includes(SECRET), `the secret is not in the URL of ${call.path}`);
+    }
+  });
+
+  test("JSONP carries it as the session query parameter, exactly", async () => {
+    const secret = "k+9/Zr=&x.node 2"; // opaque: whatever it holds survives the query encoding
+    const h = setup({ transports: ["ajax"], ajaxMode: "jsonp" });
+    await flush();
+    const connect = h.doc.takeScript("/connect");
+    assert.deepEqual(scriptUrl(connect).query, {});
+    h.doc.answer(connect, { ...ANSWER, session: secret });
+    await flush();
+    assert.deepEqual(scriptUrl(h.doc.takeScript("/poll")).query, { session: secret, since: "0" });
+    h.doc.answer(h.doc.takeScript("/poll"), welcomePoll());
+    await flush();
+    h.client.send("chat", "hi");
+    await flush();
+    assert.equal(scriptUrl(h.doc.takeScript("/send")).query.session, secret);
+    assert.equal(scriptUrl(h.doc.takeScript("/poll")).query.session, secret);
+    h.client.close();
+    assert.deepEqual(scriptUrl(h.doc.takeScript("/disconnect")).query, { session: secret });
+    assert.equal(h.http.calls.length, 0, "no fetch, so no header, in JSONP mode");
+  });
+
+  test("the client id is the public one from the welcome, never the secret", async () => {
+    const h = setup({ transports: ["ajax"] }).record("open", "welcome", "close", "error");
+    await openSession(h, { ...ANSWER, session: SECRET, client_id: "a1" });
+    assert.equal(h.client.clientId, "a1");
+    assert.deepEqual(h.logged("open"), [{ transport: "ajax", clientId: "a1", resumed: false }]);
+    assert.equal(h.logged("welcome")[0].client_id, "a1");
+    h.client.close();
+    assert.ok(!JSON.stringify(h.log).includes(SECRET), "no event shows the secret");
+    for (const key of Object.keys(h.client)) {
+      assert.notEqual(h.client[key], SECRET, `client.${key} is not the secret`);
+    }
+  });
+
+  test("without a queued welcome the client id comes from the answer's client_id", async () => {
+    const h = setup({ transports: ["ajax"] }).record("open");
+    await flush();
+    h.http.take("/connect").respond(200, { session: SECRET, client_id: "a9", epoch: "E1", position: 0 });
+    await flush();
+    h.http.take("/poll").respond(200, { messages: [], position: 0 });
+    await flush();
+    assert.equal(h.client.clientId, "a9");
+    assert.deepEqual(h.logged("open"), [{ transport: "ajax", clientId: "a9", resumed: false }]);
+  });
+
+  test("an answer without client_id leaves the client id unknown rather than using the secret", async () => {
+    const h = setup({ transports: ["ajax"] });
+    await flush();
+    h.http.take("/connect").respond(200, { session: SECRET, epoch: "E1", position: 0 });
+    await flush();
+    h.http.take("/poll").respond(200, { messages: [], position: 0 });
+    await flush();
+    assert.equal(h.client.readyState, AppServer.OPEN);
+    assert.equal(h.client.clientId, null);
+  });
+
+  test("a connect answer without a session secret is a failed connect", async () => {
+    const h = setup({ transports: ["ajax"] }).record("reconnecting");
+    await flush();
+    h.http.take("/connect").respond(200, { ...ANSWER, session: "" });
+    await flush();
+    assert.equal(h.http.open("/poll").length, 0);
+    assert.equal(h.logged("reconnecting").length, 1);
+  });
+
+  test("a JSONP request that fails does not put the secret in its error message", async () => {
+    const h = setup({ transports: ["ajax"], ajaxMode: "jsonp", autoConnect: false });
+    // The client's own JSONP helper, as the poll loop calls it.
+    const timedOut = h.client._http.jsonp(`http://test:9001/poll?session=${SECRET}&since=1`, 1000);
+    h.clock.tick(1000);
+    await assertRejected(timedOut, { code: "timeout" });
+    const failed = h.client._http.jsonp(`http://test:9001/send?session=${SECRET}&msg=%7B%7D`, 1000);
+    h.doc.takeScript("/send").onerror();
+    await assertRejected(failed, { code: "network" });
+    for (const outcome of [await settle(timedOut), await settle(failed)]) {
+      assert.ok(!outcome.error.message.includes(SECRET), outcome.error.message);
+      assert.match(outcome.error.message, /http:\/\/test:9001\/(poll|send)\b/);
+    }
   });
 });
 

@@ -304,11 +304,14 @@ class RecoveringAjax(_Recovery):
         self.jsonp = jsonp
         self._pool = HTTPConnectionPool(reactor, persistent=False)
         self._http = treq.client.HTTPClient(Agent(reactor, pool=self._pool))
+        #: The current session's secret (C{session} in requests) and public client id.
         self.session: str | None = None
+        self.client_id: str | None = None
         self.cursor = 0
         self.polling = True
         self.polls = 0
         self.sessions: list[str] = []
+        self.client_ids: list[str] = []
         self._poll: defer.Deferred[Any] | None = None
         self._sends: defer.Deferred[Any] = defer.succeed(None)
         self._calls = 0
@@ -327,6 +330,7 @@ class RecoveringAjax(_Recovery):
         """
         params = dict(params)
         callback = None
+        headers: dict[str, list[str]] = {}
         if self.jsonp:
             self._calls += 1
             callback = f"cb{self._calls}"
@@ -334,10 +338,14 @@ class RecoveringAjax(_Recovery):
             if body is not None:
                 params["msg"] = json.dumps(body)
             method, body = "GET", None
+        elif "session" in params:
+            # JSON carries the session secret in a header, JSONP in the query.
+            headers["X-AppServer-Session"] = [params.pop("session")]
         url = f"{self.base_url}{path}?{urlencode(params)}"
         data = json.dumps(body).encode() if body is not None else None
-        response = await self._http.request(method, url, data=data,
-                                            headers={"Content-Type": ["text/plain"]} if data else None)
+        if data:
+            headers["Content-Type"] = ["text/plain"]
+        response = await self._http.request(method, url, data=data, headers=headers or None)
         content = await response.content()
         if callback is not None:
             prefix = f"/**/{callback}(".encode()
@@ -357,7 +365,9 @@ class RecoveringAjax(_Recovery):
             self._connection_ended(status, answer)
             return
         self.session = answer["session"]
+        self.client_id = answer["client_id"]
         self.sessions.append(self.session)
+        self.client_ids.append(self.client_id)
         self.cursor = 0
         self._schedule_poll()
 

@@ -35,11 +35,14 @@ from appserver._web.site import LoggingSite
 from appserver._server.runtime import Runtime, build_runtime
 from appserver._server.settings import Settings
 
-__all__ = ["STATIC_PORT", "AJAX_PORT", "WS_PORT", "make_runtime", "resolved", "has_fired", "AjaxStub", "Answer",
-           "MemoryWebSocket", "MemoryClient", "RecordingClient", "open_client", "next_message",
+__all__ = ["STATIC_PORT", "AJAX_PORT", "WS_PORT", "SESSION_HEADER", "make_runtime", "resolved", "has_fired",
+           "AjaxStub", "Answer", "MemoryWebSocket", "MemoryClient", "RecordingClient", "open_client", "next_message",
            "wait_closed", "wait_until", "sleep", "raw_request"]
 
 STATIC_PORT, AJAX_PORT, WS_PORT = 9000, 9001, 9002
+
+#: The request header that carries an Ajax session's secret (JSON requests).
+SESSION_HEADER = "X-AppServer-Session"
 
 
 def make_runtime(app: App | None = None, clock: MemoryReactorClock | None = None,
@@ -122,18 +125,30 @@ class AjaxStub:
                            access_log=False, reactor=agent._memoryReactor)
         agent._serverFactory = site
         self.base = f"http://{host}"
+        #: Session secret to client id, for the sessions L{connect} opened.
+        self.client_ids: dict[str, str] = {}
 
     def start(self, method: str, path: str, params: dict[str, Any] | None = None,
-              body: bytes | None = None, headers: dict[str, str] | None = None
-              ) -> defer.Deferred[Answer]:
+              body: bytes | None = None, headers: dict[str, str] | None = None,
+              session_in_query: bool = False) -> defer.Deferred[Answer]:
         """
         Send a request; the Deferred fires with an L{Answer} once the
         resource answers (at once, or after L{flush} for a long poll).
+
+        A C{session} in C{params} of a JSON request (no C{callback}) is sent
+        in the C{X-AppServer-Session} header, as clients must; with
+        C{session_in_query} it stays in the query (the old, refused form).
         """
         url = self.base + path
+        params = dict(params or {})
+        headers = dict(headers or {})
+        if "session" in params and not params.get("callback") and not session_in_query:
+            # JSON requests carry the session secret in a header; only
+            # JSONP (a script tag) puts it in the query.
+            headers.setdefault(SESSION_HEADER, str(params.pop("session")))
         if params:
             url += "?" + urlencode(params)
-        request_headers = {name: [value] for name, value in (headers or {}).items()}
+        request_headers = {name: [value] for name, value in headers.items()}
         deferred = self.treq.request(method, url, data=body, headers=request_headers)
 
         async def read(response: Any) -> Answer:
@@ -144,11 +159,12 @@ class AjaxStub:
         return deferred.addCallback(lambda response: defer.ensureDeferred(read(response)))
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None,
-             body: bytes | None = None, headers: dict[str, str] | None = None) -> Answer:
+             body: bytes | None = None, headers: dict[str, str] | None = None,
+             session_in_query: bool = False) -> Answer:
         """
         A request that must be answered at once.
         """
-        deferred = self.start(method, path, params, body, headers)
+        deferred = self.start(method, path, params, body, headers, session_in_query)
         self.flush()
         return resolved(deferred)
 
@@ -167,9 +183,21 @@ class AjaxStub:
     # Long-poll conveniences.
 
     def connect(self) -> str:
+        """
+        Open a session; returns its secret (L{client_id} gives its public
+        client id).
+        """
         answer = self.call("POST", "/connect")
         assert answer.status == 200, answer
-        return answer.json()["session"]
+        body = answer.json()
+        self.client_ids[body["session"]] = body["client_id"]
+        return body["session"]
+
+    def client_id(self, session: str) -> str:
+        """
+        The public client id of a session opened by L{connect}.
+        """
+        return self.client_ids[session]
 
     def send(self, session: str, envelope: Any) -> Answer:
         return self.call("POST", "/send", {"session": session}, json.dumps(envelope).encode())

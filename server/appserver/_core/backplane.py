@@ -1,39 +1,49 @@
 """
-The backplane: how the cross-node parts of the L{ClientTracker} work.
+The backplane: how the cross-node parts of the L{ClientTracker} work, as
+interfaces only.
 
-A single node needs nothing but its own memory: L{MemoryBackplane} gives a
-broadcast its position from the tracker's counter and delivers it at once,
-synchronously, exactly as a tracker without any backplane would. Several
-nodes share a Redis server through
-L{appserver._redis.backplane.RedisBackplane}: positions, history, fan-out,
-counts, presence and Ajax sessions then span the nodes (docs/scaling.md).
+A backplane (L{IBackplane}) extends one node to a cluster: it positions the
+node's stream messages and has every node deliver them, shares counts and
+presence, and reads recovery history the node no longer has. It sees its
+node only through L{ILocalNode}, which the tracker provides: what to
+deliver locally, what the node counts, and its L{StreamLog}. So neither
+backplane imports the tracker, and the tracker imports only the memory
+backplane, its default.
 
-The tracker keeps every local loop (a fan-out to this node's clients, its
-rooms) and asks the backplane only what needs the other nodes. Methods that
-may need a round trip to another process return either a plain value (the
-memory backplane, always) or a L{Deferred} of it (Redis); callers accept
-both.
+A single node needs nothing but its own memory:
+L{appserver._core.memory.MemoryBackplane}. Several nodes share a Redis
+server through L{appserver._redis.backplane.RedisBackplane}: positions,
+history, fan-out, counts, presence and Ajax sessions then span the nodes
+(docs/scaling.md). L{appserver._server.runtime.make_backplane} picks one
+from the settings.
+
+One return convention: a method that may need other nodes (L{publish
+<IBackplane.publish>}, L{cluster_counts <IBackplane.cluster_counts>},
+L{room_members <IBackplane.room_members>}, L{room_size
+<IBackplane.room_size>}, L{replay <IBackplane.replay>}) always returns a
+L{Deferred}, already fired on the memory backplane, so callers never test
+which kind they got. The memory backplane still delivers inside the call:
+what a handler sends after a C{publish} or C{replay} reaches the client
+after what they delivered.
+
+Tests: tests/test_backplane_memory.py, tests/test_redis_cluster.py.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Hashable, Iterable
-from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred
-from zope.interface import Attribute, Interface, implementer
-
-from appserver._core.envelope import Outgoing
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
     from twisted.web.resource import Resource
     from twisted.web.server import Request
 
     from appserver._core.client import Client
-    from appserver._server.settings import Settings
-    from appserver._core.tracker import ClientTracker
+    from appserver._core.envelope import Outgoing
 
-__all__ = ["IBackplane", "MemoryBackplane", "BackplaneUnavailable", "make_backplane"]
+__all__ = ["IBackplane", "ILocalNode", "BackplaneUnavailable"]
 
 
 class BackplaneUnavailable(Exception):
@@ -41,6 +51,90 @@ class BackplaneUnavailable(Exception):
     The backplane cannot be reached (at start-up: the server does not
     start). The message says what was tried and what to check.
     """
+
+
+class ILocalNode(Interface):
+    """
+    What a backplane may ask of the node it serves (the L{ClientTracker}):
+    local delivery, local membership, and the node's stream log. Every
+    query here is about this node only and answers at once.
+    """
+
+    stream = Attribute("The node's L{appserver._core.streamlog.StreamLog}: its epoch, position and "
+                       "histories, which a clustered backplane keeps in step with the cluster.")
+    limits = Attribute("The node's L{appserver._core.bounds.TrackerLimits} (the default overflow policy "
+                       "of a direct delivery).")
+    events = Attribute("The node's L{appserver._core.events.TrackerEvents}, for recovery and backplane "
+                       "metrics.")
+
+    def fan_out(stream: str, message: "Outgoing") -> None:
+        """
+        Deliver a positioned message to this node's clients of C{stream}
+        (everyone for the global stream), without keeping it: the caller
+        has put it in the stream log.
+        """
+
+    def receive(stream: str, message: "Outgoing") -> None:
+        """
+        A message positioned elsewhere arrived: keep it in the stream log
+        (when it has a position) and deliver it here.
+        """
+
+    def deliver_to_room(room: str, envelope: "dict[str, Any] | Outgoing") -> int:
+        """
+        Deliver to this node's members of a room; returns how many.
+        """
+
+    def deliver_to_client(client_id: str, message: "Outgoing") -> bool:
+        """
+        Deliver to one client if it is on this node; returns whether it is.
+        """
+
+    def count_by_transport() -> dict[str, int]:
+        """
+        This node's clients per transport (always with C{websocket} and
+        C{ajax}).
+        """
+
+    def local_room_members(room: str) -> list[str]:
+        """
+        The sorted display names of this node's members of a room.
+        """
+
+    def local_room_size(room: str) -> int:
+        """
+        The number of this node's members of a room.
+        """
+
+    def channel_names() -> list[str]:
+        """
+        The channels with a subscriber on this node.
+        """
+
+    def room_names() -> list[str]:
+        """
+        The rooms with a member on this node.
+        """
+
+    def replay_local(client: "Client", epoch: Any, since: Any, channels: Iterable[str],
+                     connected_at: int) -> bool:
+        """
+        Send a reconnecting client what it missed from this node's own
+        histories; returns whether that was everything.
+        """
+
+    def detach_from_channels(client: "Client", channels: Iterable[str]) -> list[str]:
+        """
+        Stop delivering live messages of C{channels} to C{client} while it
+        stays subscribed (a replay read from elsewhere must reach it
+        first); returns the channels it was detached from.
+        """
+
+    def reattach_to_channels(client: "Client", channels: Iterable[str]) -> None:
+        """
+        Undo L{detach_from_channels} for the channels the client is still
+        subscribed to (nothing when it has closed meanwhile).
+        """
 
 
 class IBackplane(Interface):
@@ -52,9 +146,9 @@ class IBackplane(Interface):
                           "it sees every client, room member or message).")
     node_id = Attribute("The name of this node (C{None} for the memory backplane).")
 
-    def attach(tracker: "ClientTracker") -> None:
+    def attach(node: ILocalNode) -> None:
         """
-        Bind to the tracker whose state this backplane extends; called once,
+        Bind to the node whose state this backplane extends; called once,
         by the tracker's constructor.
         """
 
@@ -72,12 +166,14 @@ class IBackplane(Interface):
         disconnect.
         """
 
-    def publish(stream: str, envelope: dict[str, Any], key: Hashable | None) -> "Outgoing | Deferred[Outgoing]":
+    def publish(stream: str, envelope: dict[str, Any], key: Hashable | None) -> "Deferred[Outgoing]":
         """
         Give a stream message (C{stream} is a channel, or the global
         stream C{""}) its position, keep it for recovery and have every
-        node deliver it to its subscribers through
-        L{ClientTracker.receive}.
+        node deliver it to its subscribers (L{ILocalNode.receive}, or
+        L{ILocalNode.fan_out} on a single node, before returning).
+
+        @return: a Deferred firing with the positioned message.
         """
 
     def send_to_room(room: str, envelope: dict[str, Any]) -> int:
@@ -102,33 +198,34 @@ class IBackplane(Interface):
         This node's members of C{room} changed: its presence is to be shared.
         """
 
-    def cluster_counts() -> "dict[str, int] | Deferred[dict[str, int]]":
+    def cluster_counts() -> "Deferred[dict[str, int]]":
         """
         Clients per transport over every live node (always with the keys
         C{websocket} and C{ajax}); with a C{nodes} key when clustered.
         """
 
-    def room_members(room: str) -> "list[str] | Deferred[list[str]]":
+    def room_members(room: str) -> "Deferred[list[str]]":
         """
         The sorted display names of the room's members on every live node.
         """
 
-    def room_size(room: str) -> "int | Deferred[int]":
+    def room_size(room: str) -> "Deferred[int]":
         """
         The number of the room's members on every live node.
         """
 
     def replay(client: "Client", epoch: Any, since: Any, channels: Iterable[str],
-               connected_at: int) -> "bool | Deferred[bool]":
+               connected_at: int) -> "Deferred[bool]":
         """
-        Send a reconnecting client what it missed (L{ClientTracker.replay}).
+        Send a reconnecting client what it missed (L{ClientTracker.replay});
+        the Deferred fires with whether that was everything.
         """
 
-    def new_session_id() -> str | None:
+    def new_session_secret() -> str:
         """
-        The id of a new Ajax session, or C{None} for a random one: a
-        clustered backplane names the session's home node in it so any node
-        can route the session's requests there.
+        The secret of a new Ajax session (see L{appserver._core.client.new_session_secret}): at least
+        256 random bits; a clustered backplane prefixes the session's home
+        node so any node can route the session's requests there.
         """
 
     def attach_ajax(root: "Resource") -> None:
@@ -152,98 +249,3 @@ class IBackplane(Interface):
         are written with C{resource.routed_error(request, status, code,
         message)}.
         """
-
-
-@implementer(IBackplane)
-class MemoryBackplane:
-    """
-    One node, all in memory: positions from the tracker's counter, history
-    in the tracker, delivery at once. Everything is synchronous.
-    """
-
-    clustered = False
-    node_id = None
-
-    def __init__(self) -> None:
-        self.tracker: ClientTracker | None = None
-
-    def attach(self, tracker: "ClientTracker") -> None:
-        self.tracker = tracker
-
-    def start(self) -> None:
-        return None
-
-    def stop(self) -> None:
-        return None
-
-    def not_ready(self) -> list[str]:
-        return []
-
-    def publish(self, stream: str, envelope: dict[str, Any], key: Hashable | None) -> Outgoing:
-        tracker = self.tracker
-        assert tracker is not None
-        message = tracker._stamp(envelope, stream, key)
-        tracker.fan_out(stream, message)
-        return message
-
-    def send_to_room(self, room: str, envelope: dict[str, Any]) -> int:
-        tracker = self.tracker
-        assert tracker is not None
-        return tracker.deliver_to_room(room, envelope)
-
-    def send_to_remote(self, client_id: str, envelope: dict[str, Any]) -> bool:
-        return False
-
-    def counts_changed(self) -> None:
-        return None
-
-    def presence_changed(self, room: str) -> None:
-        return None
-
-    def cluster_counts(self) -> dict[str, int]:
-        tracker = self.tracker
-        assert tracker is not None
-        return tracker.count_by_transport()
-
-    def room_members(self, room: str) -> list[str]:
-        tracker = self.tracker
-        assert tracker is not None
-        return tracker.local_room_members(room)
-
-    def room_size(self, room: str) -> int:
-        tracker = self.tracker
-        assert tracker is not None
-        return len(tracker.rooms.get(room, ()))
-
-    def replay(self, client: "Client", epoch: Any, since: Any, channels: Iterable[str],
-               connected_at: int) -> bool:
-        tracker = self.tracker
-        assert tracker is not None
-        return tracker.replay_local(client, epoch, since, channels, connected_at)
-
-    def new_session_id(self) -> None:
-        return None
-
-    def attach_ajax(self, root: "Resource") -> None:
-        return None
-
-    def route_session_request(self, resource: "Resource", request: "Request", session_id: str) -> None:
-        return None
-
-
-def make_backplane(settings: "Settings", reactor: Any) -> IBackplane:
-    """
-    The backplane named by C{--backplane}: C{memory://} or
-    C{redis://host:port/db}. The Redis client is imported only when asked
-    for (it imports the reactor).
-
-    @raise ValueError: the URL names no known backplane.
-    """
-    url = settings.backplane or "memory://"
-    scheme = urlsplit(url).scheme
-    if url in ("memory", "memory://") or scheme == "memory":
-        return MemoryBackplane()
-    if scheme == "redis":
-        from appserver._redis.backplane import RedisBackplane
-        return RedisBackplane.from_settings(settings, reactor)
-    raise ValueError(f"--backplane {url!r}: use memory:// or redis://host:port/db")

@@ -31,9 +31,19 @@ _NO_EVENTS = TrackerEvents()
 
 def new_client_id() -> str:
     """
-    An unguessable identifier: client ids double as Ajax session ids.
+    A client's public identifier: unique, random, and safe to show anyone
+    (applications put it in what other clients see); it is never a
+    credential.
     """
     return secrets.token_urlsafe(18)
+
+
+def new_session_secret() -> str:
+    """
+    The credential of a session (256 random bits), given only to its
+    owner; nothing another client sees is derived from it.
+    """
+    return secrets.token_urlsafe(32)
 
 
 class Client:

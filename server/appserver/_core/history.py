@@ -6,6 +6,11 @@ A history can vouch for a position only if it has dropped nothing newer than
 that position: C{covers(since)} is the test that decides between
 C{recovered: true} (replay what was missed) and C{recovered: false} (tell the
 application to reload its state).
+
+One history per stream; L{appserver._core.streamlog.StreamLog} owns them
+all, with the positions they share.
+
+Tests: tests/test_history.py.
 """
 
 from __future__ import annotations

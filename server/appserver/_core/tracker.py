@@ -1,27 +1,34 @@
 """
-The one shared state of a server: who is connected, on which transport, in
-which channels and rooms, and what was recently sent.
+The one shared state of a server: who is connected, on which transport, and
+in which channels and rooms.
 
 Every site (WebSocket, Ajax, the application's own routes) holds the same
 L{ClientTracker}, so a count, a channel or a message is the same whichever
-way a client came in. It is pure logic: no sockets, no reactor, a clock
+way a client came in. What was sent (epoch, positions, history) is its
+L{StreamLog}; what spans nodes is its backplane, which sees the tracker only
+as an L{ILocalNode}. It is pure logic: no sockets, no reactor, a clock
 passed in; a test can drive it with plain objects.
+
+Tests: tests/test_tracker.py, tests/test_channels_rooms.py.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import secrets
 import time
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
 
+from zope.interface import implementer
+
+from appserver._core.backplane import ILocalNode
 from appserver._core.bounds import TrackerLimits
 from appserver._core.client import Client
 from appserver._core.events import TrackerEvents
+from appserver._core.memory import MemoryBackplane
 from appserver._core.names import validate_channel_name, validate_room_name, validate_username
 from appserver._core.envelope import Outgoing, ProtocolError
-from appserver._core.history import StreamHistory
 from appserver._core.outbound import POLICIES
+from appserver._core.streamlog import GLOBAL_STREAM, StreamLog
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -30,10 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientTracker", "TrackerEvents", "TrackerLimits", "GLOBAL_STREAM"]
 
-#: History key of the global broadcast stream (the chat every client gets).
-#: Not a valid channel name, so it cannot collide with one.
-GLOBAL_STREAM = ""
 
+@implementer(ILocalNode)
 class ClientTracker:
     """
     The shared state. Transports call L{register} and L{unregister};
@@ -41,38 +46,64 @@ class ClientTracker:
     L{send_to} and the room methods.
 
     What spans nodes (positions, fan-out to other nodes, counts, presence,
-    recovery history) goes through the C{backplane}: with the default
-    L{MemoryBackplane} everything is local and synchronous; with Redis,
-    L{broadcast}, L{publish}, L{room_members}, L{room_size} and L{replay}
-    may return a Deferred (docs/scaling.md).
+    recovery history) goes through the C{backplane}. Whatever the backplane,
+    the calls that may need other nodes (L{broadcast}, L{publish},
+    L{room_members}, L{room_size}, L{cluster_counts}, L{replay}) return a
+    Deferred: already fired with the default L{MemoryBackplane}, which has
+    also delivered by then; later with Redis (docs/scaling.md). The
+    questions about this node alone (L{count_by_transport},
+    L{local_room_members}, L{local_room_size}, L{subscriber_count},
+    L{client_count}) answer with plain values.
 
-    @ivar epoch: random for each server start: positions from another epoch
-        mean nothing here, so a client presenting one is not recovered.
-    @ivar position: the last position handed out.
+    @ivar stream: the L{StreamLog}: epoch, positions and history.
     """
 
     def __init__(self, limits: TrackerLimits | None = None,
                  clock: Callable[[], float] = time.time,
                  events: TrackerEvents | None = None,
-                 epoch: str | None = None, backplane: "IBackplane | None" = None) -> None:
+                 epoch: str | None = None, backplane: "IBackplane | None" = None,
+                 stream: StreamLog | None = None) -> None:
+        """
+        @param clock: the wall clock that dates messages.
+        @param epoch: the epoch of a new stream log (by default a random
+            one).
+        @param backplane: by default a L{MemoryBackplane}: a single node.
+        @param stream: an existing stream log, which brings its own epoch,
+            clock and history limits; by default a new one from C{limits}.
+        @raise ValueError: both C{epoch} and C{stream} were given.
+        """
         self.limits = limits or TrackerLimits()
         self.clock = clock
         self.events = events or TrackerEvents()
-        self.epoch = epoch or secrets.token_hex(8)
-        self.position = 0
+        if stream is None:
+            stream = StreamLog(self.limits.history_size, self.limits.history_age, clock, epoch)
+        elif epoch is not None:
+            raise ValueError("an existing stream log has its epoch already")
+        self.stream = stream
         self.clients: dict[str, Client] = {}
         self.counts: dict[str, int] = {}
         self.channels: dict[str, dict[Client, None]] = {}
         self.rooms: dict[str, dict[Client, str]] = {}
-        self.histories: dict[str, StreamHistory] = {}
         self._policies: list[tuple[str, str]] = []
-        # Histories deleted by sweep() could vouch for nothing at or before this.
-        self._forgotten_after = 0
         if backplane is None:
-            from appserver._core.backplane import MemoryBackplane
             backplane = MemoryBackplane()
         self.backplane = backplane
         backplane.attach(self)
+
+    @property
+    def epoch(self) -> str:
+        """
+        The stream's epoch (L{StreamLog.epoch}), told to every client in its
+        C{welcome}.
+        """
+        return self.stream.epoch
+
+    @property
+    def position(self) -> int:
+        """
+        The stream's last position (L{StreamLog.position}).
+        """
+        return self.stream.position
 
     # Membership ---------------------------------------------------------
 
@@ -112,6 +143,9 @@ class ClientTracker:
 
     @property
     def client_count(self) -> int:
+        """
+        This node's clients (L{cluster_counts} for the whole cluster).
+        """
         return len(self.clients)
 
     def count_by_transport(self) -> dict[str, int]:
@@ -123,60 +157,37 @@ class ClientTracker:
         counts.update(self.counts)
         return counts
 
-    def cluster_counts(self) -> "dict[str, int] | Deferred[dict[str, int]]":
+    def cluster_counts(self) -> "Deferred[dict[str, int]]":
         """
         L{count_by_transport} over every node of the cluster (this node's
-        alone with the memory backplane).
+        alone with the memory backplane), with a C{nodes} key when
+        clustered.
         """
         return self.backplane.cluster_counts()
 
     def get(self, client_id: str) -> Client | None:
         return self.clients.get(client_id)
 
-    # Positions and history ----------------------------------------------
-
-    def next_position(self) -> int:
-        self.position += 1
-        return self.position
-
-    def _history(self, stream: str) -> StreamHistory:
-        history = self.histories.get(stream)
-        if history is None:
-            # A stream without a history had no message since the last
-            # sweep forgot one: it vouches for everything after that.
-            history = self.histories[stream] = StreamHistory(
-                self.limits.history_size, self.limits.history_age, self.clock,
-                complete_after=self._forgotten_after)
-        return history
-
-    def _stamp(self, envelope: dict[str, Any], stream: str, key: Hashable | None) -> Outgoing:
-        """
-        Give a stream message its position, serialize it once and keep it in
-        the stream's history.
-        """
-        history = self._history(stream)
-        message = Outgoing.of(envelope, self.next_position(), key, self.clock())
-        history.append(message)
-        return message
-
     # Sending ------------------------------------------------------------
 
-    def broadcast(self, message_type: str, data: Any, key: Hashable | None = None) -> Outgoing:
+    def broadcast(self, message_type: str, data: Any, key: Hashable | None = None) -> "Deferred[Outgoing]":
         """
         Send C{{"type": message_type, "data": data}} to every client, with a
         position in the global stream (recoverable after a reconnect).
 
-        @return: the message (with the Redis backplane, a Deferred firing
-            with it once Redis has given it its position).
+        @return: a Deferred firing with the positioned message: at once with
+            the memory backplane (the clients of this node have it by then),
+            once Redis has given it its position with Redis.
         """
         return self.backplane.publish(GLOBAL_STREAM, {"type": message_type, "data": data}, key)
 
-    def publish(self, channel: str, data: Any, key: Hashable | None = None) -> Outgoing:
+    def publish(self, channel: str, data: Any, key: Hashable | None = None) -> "Deferred[Outgoing]":
         """
         Send C{{"type": "message", "channel": channel, "data": data}} to the
         channel's subscribers, under the channel's overflow policy.
 
         @return: as L{broadcast}.
+        @raise ProtocolError: C{bad_data} for a bad channel name.
         """
         validate_channel_name(channel)
         return self.backplane.publish(channel, {"type": "message", "channel": channel, "data": data}, key)
@@ -198,26 +209,11 @@ class ClientTracker:
     def receive(self, stream: str, message: Outgoing) -> None:
         """
         A message positioned elsewhere (by the Redis backplane) arrived:
-        keep it in this node's history and deliver it here. A message
+        keep it in this node's stream log and deliver it here. A message
         without a position (Redis was unreachable) is only delivered.
         """
-        pos = message.pos
-        if pos is not None:
-            self._history(stream).append(message)
-            if pos > self.position:
-                self.position = pos
+        self.stream.receive(stream, message)
         self.fan_out(stream, message)
-
-    def resynchronise(self, epoch: str, position: int) -> None:
-        """
-        This node may have missed messages (its Redis subscription was down,
-        or Redis lost its data): its histories can no longer vouch for
-        anything up to C{position}, so recovery asks the backplane.
-        """
-        self.epoch = epoch
-        self.histories.clear()
-        self.position = position
-        self._forgotten_after = position
 
     def send_to(self, client: Client | str, envelope: dict[str, Any]) -> bool:
         """
@@ -230,6 +226,19 @@ class ClientTracker:
                 return self.backplane.send_to_remote(client, envelope)
             client = found
         message = Outgoing.of(envelope)
+        client.deliver(message, self.limits.default_policy)
+        self.events.sent(1, message)
+        return True
+
+    def deliver_to_client(self, client_id: str, message: Outgoing) -> bool:
+        """
+        Deliver an already serialized message to a client of this node (a
+        direct message handed on by another node); returns whether the
+        client is here.
+        """
+        client = self.clients.get(client_id)
+        if client is None:
+            return False
         client.deliver(message, self.limits.default_policy)
         self.events.sent(1, message)
         return True
@@ -306,7 +315,43 @@ class ClientTracker:
                 del self.channels[channel]
 
     def subscriber_count(self, channel: str) -> int:
+        """
+        The channel's subscribers on this node.
+        """
         return len(self.channels.get(channel, ()))
+
+    def channel_names(self) -> list[str]:
+        """
+        The channels with a subscriber on this node.
+        """
+        return list(self.channels)
+
+    def detach_from_channels(self, client: Client, channels: Iterable[str]) -> list[str]:
+        """
+        Stop live delivery of C{channels} to C{client}, which stays
+        subscribed: messages it missed are being read from elsewhere, and a
+        live one must not overtake them. Returns the channels it was
+        detached from, for L{reattach_to_channels}.
+        """
+        detached = []
+        for channel in channels:
+            subscribers = self.channels.get(channel)
+            if subscribers is not None and client in subscribers:
+                del subscribers[client]
+                detached.append(channel)
+        return detached
+
+    def reattach_to_channels(self, client: Client, channels: Iterable[str]) -> None:
+        """
+        Resume live delivery of the C{channels} that L{detach_from_channels}
+        stopped, for those the client is still subscribed to; nothing for a
+        client that has closed meanwhile.
+        """
+        if client.closed:
+            return
+        for channel in channels:
+            if channel in client.channels:
+                self.channels.setdefault(channel, {})[client] = None
 
     # Rooms --------------------------------------------------------------
 
@@ -345,87 +390,77 @@ class ClientTracker:
             self.send_to_room(room, {"type": "leave", "data": {"room": room, "username": username}})
         return True
 
-    def room_members(self, room: str) -> "list[str] | Deferred[list[str]]":
+    def room_members(self, room: str) -> "Deferred[list[str]]":
         """
-        The sorted names of the room's members (on every node: with Redis, a
-        Deferred).
+        The sorted names of the room's members on every node (a Deferred,
+        already fired with the memory backplane).
         """
         return self.backplane.room_members(room)
 
     def local_room_members(self, room: str) -> list[str]:
+        """
+        The sorted names of this node's members of the room.
+        """
         return sorted(self.rooms.get(room, {}).values())
 
-    def room_size(self, room: str) -> "int | Deferred[int]":
+    def room_size(self, room: str) -> "Deferred[int]":
+        """
+        The number of the room's members on every node (as L{room_members}).
+        """
         return self.backplane.room_size(room)
+
+    def local_room_size(self, room: str) -> int:
+        """
+        The number of this node's members of the room.
+        """
+        return len(self.rooms.get(room, ()))
+
+    def room_names(self) -> list[str]:
+        """
+        The rooms with a member on this node.
+        """
+        return list(self.rooms)
 
     # Recovery -----------------------------------------------------------
 
     def replay(self, client: Client, epoch: Any, since: Any, channels: Iterable[str],
-               connected_at: int) -> "bool | Deferred[bool]":
+               connected_at: int) -> "Deferred[bool]":
         """
         Send a reconnecting client what it missed since position C{since}:
         global broadcasts up to C{connected_at} (later ones reached it live)
         and messages of C{channels}, in position order.
 
-        @return: whether the replay is complete (C{recovered}). C{False}
-            when the epoch is another server's, or a history no longer
-            reaches back to C{since}: the application must reload its state.
-            With Redis, a Deferred when this node's own history does not
-            reach back far enough and Redis's is read.
+        @return: a Deferred firing with whether the replay is complete
+            (C{recovered}). C{False} when the epoch is another server's, or
+            a history no longer reaches back to C{since}: the application
+            must reload its state. With the memory backplane it has fired,
+            and the messages are delivered, when this returns; with Redis it
+            fires later when this node's own history does not reach back
+            far enough and Redis's is read.
         """
         return self.backplane.replay(client, epoch, since, channels, connected_at)
 
     def replay_local(self, client: Client, epoch: Any, since: Any, channels: Iterable[str],
                      connected_at: int) -> bool:
         """
-        L{replay} from this node's own histories.
+        L{replay} from this node's own histories, at once.
         """
-        if (epoch != self.epoch or isinstance(since, bool) or not isinstance(since, int)
-                or since < 0 or since > self.position):
+        if not self.stream.valid_since(epoch, since):
             self.events.recovery(client, False)
             return False
-        recovered, missed = self.missed_since(since, channels, connected_at)
+        recovered, missed = self.stream.missed_since(since, channels, connected_at)
         policy = self.limits.default_policy
         for message in missed:
             client.deliver(message, policy)
         self.events.recovery(client, recovered)
         return recovered
 
-    def missed_since(self, since: int, channels: Iterable[str], connected_at: int | None,
-                     until: int | None = None) -> tuple[bool, list[Outgoing]]:
-        """
-        What this node's histories hold after C{since}: global messages up
-        to C{connected_at}, channel messages up to C{until}, in position
-        order, and whether that is everything.
-        """
-        streams: list[tuple[str, int | None]] = [(GLOBAL_STREAM, connected_at)]
-        streams.extend((channel, until) for channel in channels)
-        recovered = True
-        missed: list[Outgoing] = []
-        for stream, upto in streams:
-            history = self.histories.get(stream)
-            if history is None:
-                # Never published, or swept after its messages expired.
-                if since < self._forgotten_after:
-                    recovered = False
-                continue
-            if not history.covers(since):
-                recovered = False
-            missed.extend(history.after(since, upto))
-        missed.sort(key=_position_of)
-        return recovered, missed
-
     def sweep(self) -> None:
         """
-        Drop expired history and the histories of channels nobody follows
-        and whose messages have all expired.
+        Drop expired history, and the histories of channels nobody here
+        follows once their messages have all expired (L{StreamLog.sweep}).
         """
-        for stream in list(self.histories):
-            history = self.histories[stream]
-            history.expire()
-            if not len(history) and stream not in self.channels and stream != GLOBAL_STREAM:
-                self._forgotten_after = max(self._forgotten_after, history.complete_after)
-                del self.histories[stream]
+        self.stream.sweep(self.channels)
 
 
 def _deliver_each(recipients: Iterable[Client], message: Outgoing, policy: str) -> int:
@@ -438,6 +473,3 @@ def _deliver_each(recipients: Iterable[Client], message: Outgoing, policy: str) 
         client.deliver(message, policy)
     return len(clients)
 
-
-def _position_of(message: Outgoing) -> int:
-    return message.pos or 0

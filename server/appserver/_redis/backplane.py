@@ -42,12 +42,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appserver._redis import scripts
-from appserver._core.backplane import BackplaneUnavailable, IBackplane
+from appserver._core.backplane import BackplaneUnavailable, IBackplane, ILocalNode
+from appserver._core.client import new_session_secret
 from appserver._core.envelope import Outgoing, encode
 from appserver._redis.connection import (BusFactory, CommandFactory, RedisLocation, blocking_init, configure_backoff,
                                parse_redis_url)
 from appserver._redis.routing import SessionRouter
-from appserver._core.tracker import GLOBAL_STREAM
+from appserver._core.streamlog import GLOBAL_STREAM, is_position
 
 if TYPE_CHECKING:
     from twisted.web.resource import Resource
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 
     from appserver._core.client import Client
     from appserver._server.settings import Settings
-    from appserver._core.tracker import ClientTracker
 
 __all__ = ["RedisBackplane", "RedisLocation", "parse_redis_url", "NODE_ID_PATTERN"]
 
@@ -137,7 +137,7 @@ class RedisBackplane:
         self.c_bus = f"{channels}:bus".encode()
         self.c_ctl = f"{channels}:ctl".encode()
         self.c_self = self.node_channel(node_id)
-        self.tracker: ClientTracker | None = None
+        self.node: ILocalNode | None = None
         self.router = SessionRouter(self, reactor, poll_timeout)
         self._commands: Any = None
         self._bus: Any = None
@@ -168,18 +168,18 @@ class RedisBackplane:
 
     # Life cycle -----------------------------------------------------------
 
-    def attach(self, tracker: "ClientTracker") -> None:
-        self.tracker = tracker
+    def attach(self, node: ILocalNode) -> None:
+        self.node = node
 
     def start(self) -> None:
-        tracker = self.tracker
-        assert tracker is not None
-        start = tracker.position + POSITION_GAP if tracker.position else 0
-        epoch, position, _floor = blocking_init(self.location, tracker.epoch, start)
-        if epoch != tracker.epoch or position < tracker.position:
-            tracker.resynchronise(epoch, position)
+        node = self.node
+        assert node is not None
+        start = node.stream.position + POSITION_GAP if node.stream.position else 0
+        epoch, position, _floor = blocking_init(self.location, node.stream.epoch, start)
+        if epoch != node.stream.epoch or position < node.stream.position:
+            node.stream.resynchronise(epoch, position)
         self.log.info("node {node} joined the Redis backplane at {location} (epoch {epoch}, position {position})",
-                      node=self.node_id, location=str(self.location), epoch=epoch, position=tracker.position)
+                      node=self.node_id, location=str(self.location), epoch=epoch, position=node.stream.position)
         endpoint = HostnameEndpoint(self.reactor, self.location.host, self.location.port, timeout=5)
         commands = CommandFactory(self, self.location)
         bus = BusFactory(self, self.location)
@@ -258,8 +258,8 @@ class RedisBackplane:
 
     def _connection_lost(self) -> None:
         self._synced = False
-        if self.tracker is not None and not self._stopping:
-            self.tracker.events.backplane_error("connection")
+        if self.node is not None and not self._stopping:
+            self.node.events.backplane_error("connection")
         if self._stopping or self._outage_logged:
             return
         self._outage_logged = True
@@ -295,18 +295,19 @@ class RedisBackplane:
         what was published while this node was not listening, then let the
         bus flow again and resend this node's counts and presence.
         """
-        tracker = self.tracker
-        assert tracker is not None
-        start = tracker.position + POSITION_GAP if tracker.position else 0
+        node = self.node
+        assert node is not None
+        start = node.stream.position + POSITION_GAP if node.stream.position else 0
         epoch, position, floor = yield self._eval(
-            scripts.INIT, [self.k_epoch, self.k_pos, self.k_floor], [tracker.epoch, start])
+            scripts.INIT, [self.k_epoch, self.k_pos, self.k_floor], [node.stream.epoch, start])
         epoch, position, floor = _text(epoch), int(position), int(floor)
-        if epoch != tracker.epoch or position < tracker.position:
+        if epoch != node.stream.epoch or position < node.stream.position:
             self.log.warn("the backplane is at epoch {epoch} position {position}, this node at {ours} {pos}: "
-                          "following it", epoch=epoch, position=position, ours=tracker.epoch, pos=tracker.position)
-            tracker.resynchronise(epoch, position)
-        elif position > tracker.position:
-            yield self._catch_up(tracker.position, position, floor)
+                          "following it", epoch=epoch, position=position, ours=node.stream.epoch,
+                          pos=node.stream.position)
+            node.stream.resynchronise(epoch, position)
+        elif position > node.stream.position:
+            yield self._catch_up(node.stream.position, position, floor)
         self._release_held()
         self._full_sync_needed = True
         yield self._sync_presence()
@@ -314,26 +315,21 @@ class RedisBackplane:
 
     @defer.inlineCallbacks
     def _catch_up(self, since: int, upto: int, floor: int) -> Any:
-        tracker = self.tracker
-        assert tracker is not None
+        node = self.node
+        assert node is not None
         # Every stream this node delivers or keeps a history of: a history
         # left with a gap would vouch for what it does not have.
-        streams = [GLOBAL_STREAM, *(set(tracker.channels) | set(tracker.histories)) - {GLOBAL_STREAM}]
+        streams = [GLOBAL_STREAM, *(set(node.channel_names()) | set(node.stream.streams())) - {GLOBAL_STREAM}]
         result = yield self._replay_read(since, "+", streams)
         recovered, messages = self._entries(result, streams, since, None)
         for stream, message in messages:
-            if message.pos is not None and message.pos > tracker.position:
-                tracker.receive(stream, message)
+            if message.pos is not None and message.pos > node.stream.position:
+                node.receive(stream, message)
         # Everything up to `upto` was in Redis when the catch-up started:
         # read here, or of streams this node neither delivers nor keeps.
-        tracker.position = max(tracker.position, upto)
-        if not recovered or since < floor:
-            # Something this node missed is gone: its histories cannot vouch
-            # for the gap, so recovery across it asks Redis (and says no).
-            tracker.resynchronise(tracker.epoch, tracker.position)
-        else:
-            # Streams without a history here were not read: not vouched for.
-            tracker._forgotten_after = max(tracker._forgotten_after, tracker.position)
+        # When something this node missed is gone, its histories cannot
+        # vouch for the gap, so recovery across it asks Redis (and says no).
+        node.stream.advance_to(upto, complete=recovered and since >= floor)
         self.log.info("caught up {count} messages published while node {node} was not listening",
                       count=len(messages), node=self.node_id)
 
@@ -355,8 +351,8 @@ class RedisBackplane:
 
     def _fire_and_forget(self, d: "defer.Deferred[Any]", what: str) -> None:
         def failed(failure: Failure) -> None:
-            if self.tracker is not None:
-                self.tracker.events.backplane_error(what)
+            if self.node is not None:
+                self.node.events.backplane_error(what)
             self.log.warn("backplane: {what} failed: {error}", what=what, error=failure.value)
         d.addErrback(failed)
 
@@ -394,28 +390,28 @@ class RedisBackplane:
         return f"{self.prefix}:s:{stream}" if stream else f"{self.prefix}:global"
 
     def publish(self, stream: str, envelope: dict[str, Any], key: Hashable | None) -> "defer.Deferred[Outgoing]":
-        tracker = self.tracker
-        assert tracker is not None
+        node = self.node
+        assert node is not None
         payload = encode(envelope)
         if self._commands is None:
             return defer.succeed(self._deliver_locally(stream, payload, key))
         raw_key = _encode_key(key)
         history_size = self.history_size if self.history_age > 0 else 0
-        created = tracker.clock()
+        created = node.stream.clock()
         sent_at = self.reactor.seconds()
-        start = tracker.position + POSITION_GAP if tracker.position else 0
+        start = node.stream.position + POSITION_GAP if node.stream.position else 0
         d = self._eval(scripts.PUBLISH,
                        [self.k_epoch, self.k_pos, self.k_floor, self.k_streams, self.stream_key(stream)],
-                       [tracker.epoch, start, stream, raw_key, payload, int(created * 1000), history_size,
+                       [node.stream.epoch, start, stream, raw_key, payload, int(created * 1000), history_size,
                         max(1, int(self.history_age * 1000)), self.c_bus])
 
         def published(reply: list[Any]) -> Outgoing:
-            tracker.events.backplane_latency("publish", self.reactor.seconds() - sent_at)
+            node.events.backplane_latency("publish", self.reactor.seconds() - sent_at)
             pos = int(reply[1])
             return Outgoing(payload[:-1] + b',"pos":%d}' % pos, pos, key, created)
 
         def failed(failure: Failure) -> Outgoing:
-            tracker.events.backplane_error("publish")
+            node.events.backplane_error("publish")
             self.log.warn("publishing on {stream!r} through Redis failed ({error}): delivered on this node only",
                           stream=stream, error=failure.value)
             return self._deliver_locally(stream, payload, key)
@@ -423,10 +419,10 @@ class RedisBackplane:
         return d.addCallbacks(published, failed)
 
     def _deliver_locally(self, stream: str, payload: bytes, key: Hashable | None) -> Outgoing:
-        tracker = self.tracker
-        assert tracker is not None
-        message = Outgoing(payload, None, key, tracker.clock())
-        tracker.receive(stream, message)
+        node = self.node
+        assert node is not None
+        message = Outgoing(payload, None, key, node.stream.clock())
+        node.receive(stream, message)
         return message
 
     # The bus --------------------------------------------------------------
@@ -452,38 +448,36 @@ class RedisBackplane:
             self.log.failure("backplane message on {channel} could not be handled", channel=channel)
 
     def _deliver_bus(self, raw: bytes) -> None:
-        tracker = self.tracker
-        assert tracker is not None
+        node = self.node
+        assert node is not None
         epoch, pos_text, stream, key, payload = raw.split(b"\n", 4)
         pos = int(pos_text)
-        if epoch.decode() != tracker.epoch:
+        if epoch.decode() != node.stream.epoch:
             self.log.warn("the backplane's epoch changed to {epoch}: positions start over", epoch=epoch.decode())
-            tracker.resynchronise(epoch.decode(), pos - 1)
-        elif pos <= tracker.position:
+            node.stream.resynchronise(epoch.decode(), pos - 1)
+        elif pos <= node.stream.position:
             # Already delivered by a catch-up.
             return
-        tracker.receive(stream.decode(), Outgoing(payload, pos, _decode_key(key), tracker.clock()))
+        node.receive(stream.decode(), Outgoing(payload, pos, _decode_key(key), node.stream.clock()))
 
     def _control(self, raw: bytes) -> None:
-        tracker = self.tracker
-        assert tracker is not None
+        node = self.node
+        assert node is not None
         op, target, payload = raw.split(b"\n", 2)
         if op == b"room":
-            tracker.deliver_to_room(target.decode(), Outgoing(payload))
+            node.deliver_to_room(target.decode(), Outgoing(payload))
         elif op == b"send":
-            client = tracker.clients.get(target.decode())
-            if client is not None:
-                client.deliver(Outgoing(payload), tracker.limits.default_policy)
+            node.deliver_to_client(target.decode(), Outgoing(payload))
 
     # Rooms and direct messages -------------------------------------------
 
     def send_to_room(self, room: str, envelope: dict[str, Any]) -> int:
-        tracker = self.tracker
-        assert tracker is not None
+        node = self.node
+        assert node is not None
         payload = encode(envelope)
         if not self.publish_raw(self.c_ctl, b"room\n%s\n%s" % (room.encode(), payload)):
-            return tracker.deliver_to_room(room, Outgoing(payload))
-        return len(tracker.rooms.get(room, ()))
+            return node.deliver_to_room(room, Outgoing(payload))
+        return node.local_room_size(room)
 
     def send_to_remote(self, client_id: str, envelope: dict[str, Any]) -> bool:
         if "\n" in client_id:
@@ -510,17 +504,17 @@ class RedisBackplane:
             self._fire_and_forget(self._sync_presence(), "sharing this node's counts and presence")
 
     def _room_field(self, room: str) -> tuple[str, bytes]:
-        tracker = self.tracker
-        assert tracker is not None
-        members = tracker.rooms.get(room)
-        return "r:" + room, (orjson.dumps(sorted(members.values())) if members else b"")
+        node = self.node
+        assert node is not None
+        members = node.local_room_members(room)
+        return "r:" + room, (orjson.dumps(members) if members else b"")
 
     @defer.inlineCallbacks
     def _sync_presence(self) -> Any:
-        tracker = self.tracker
-        assert tracker is not None
+        node = self.node
+        assert node is not None
         full = self._full_sync_needed
-        rooms = list(tracker.rooms) if full else list(self._dirty_rooms)
+        rooms = node.room_names() if full else list(self._dirty_rooms)
         self._dirty_rooms.clear()
         self._full_sync_needed = False
         fields: list[Any] = []
@@ -529,7 +523,7 @@ class RedisBackplane:
         try:
             done = yield self._eval(scripts.SYNC_NODE, [self.k_nodes, self.k_node],
                                     [self.node_id, NODE_HASH_TTL_MS, 1 if full else 0,
-                                     orjson.dumps(tracker.count_by_transport()), *fields])
+                                     orjson.dumps(node.count_by_transport()), *fields])
         except Exception:
             # Try again with everything next time.
             self._full_sync_needed = True
@@ -576,14 +570,14 @@ class RedisBackplane:
         return d.addCallback(lambda flat: {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)})
 
     def cluster_counts(self) -> "defer.Deferred[dict[str, int]]":
-        tracker = self.tracker
-        assert tracker is not None
+        node = self.node
+        assert node is not None
         if self._commands is None:
-            return defer.succeed({**tracker.count_by_transport(), "nodes": 1})
+            return defer.succeed({**node.count_by_transport(), "nodes": 1})
 
         def summed(view: dict[str, bytes]) -> dict[str, int]:
             self.live_nodes = set(view)
-            totals = dict(tracker.count_by_transport())
+            totals = dict(node.count_by_transport())
             for raw in view.values():
                 if raw:
                     for transport, count in orjson.loads(raw).items():
@@ -593,18 +587,18 @@ class RedisBackplane:
 
         def failed(failure: Failure) -> dict[str, int]:
             self.log.warn("reading the cluster's counts failed ({error}): this node's only", error=failure.value)
-            return {**tracker.count_by_transport(), "nodes": 1}
+            return {**node.count_by_transport(), "nodes": 1}
 
         return self._view("counts").addCallbacks(summed, failed)
 
     def room_members(self, room: str) -> "defer.Deferred[list[str]]":
-        tracker = self.tracker
-        assert tracker is not None
+        node = self.node
+        assert node is not None
         if self._commands is None:
-            return defer.succeed(tracker.local_room_members(room))
+            return defer.succeed(node.local_room_members(room))
 
         def merged(view: dict[str, bytes]) -> list[str]:
-            names = list(tracker.rooms.get(room, {}).values())
+            names = node.local_room_members(room)
             for raw in view.values():
                 if raw:
                     names.extend(orjson.loads(raw))
@@ -613,7 +607,7 @@ class RedisBackplane:
         def failed(failure: Failure) -> list[str]:
             self.log.warn("reading room {room!r} from Redis failed ({error}): this node's members only",
                           room=room, error=failure.value)
-            return tracker.local_room_members(room)
+            return node.local_room_members(room)
 
         return self._view("r:" + room).addCallbacks(merged, failed)
 
@@ -623,31 +617,25 @@ class RedisBackplane:
     # Recovery -------------------------------------------------------------
 
     def replay(self, client: "Client", epoch: Any, since: Any, channels: Iterable[str],
-               connected_at: int) -> "bool | defer.Deferred[bool]":
-        tracker = self.tracker
-        assert tracker is not None
+               connected_at: int) -> "defer.Deferred[bool]":
+        node = self.node
+        assert node is not None
         channels = list(channels)
-        if (epoch != tracker.epoch or isinstance(since, bool) or not isinstance(since, int) or since < 0
-                or self._commands is None):
-            return tracker.replay_local(client, epoch, since, channels, connected_at)
-        if since <= tracker.position:
-            complete, missed = tracker.missed_since(since, channels, connected_at)
+        if epoch != node.stream.epoch or not is_position(since) or self._commands is None:
+            return defer.succeed(node.replay_local(client, epoch, since, channels, connected_at))
+        if since <= node.stream.position:
+            complete, missed = node.stream.missed_since(since, channels, connected_at)
             if complete:
-                policy = tracker.limits.default_policy
+                policy = node.limits.default_policy
                 for message in missed:
                     client.deliver(message, policy)
-                tracker.events.recovery(client, True)
-                return True
+                node.events.recovery(client, True)
+                return defer.succeed(True)
         # This node's histories do not reach back to `since`: read Redis's.
         # Meanwhile the client gets no live message of these channels (it
         # would arrive before older ones); it rejoins them when the replay
         # is delivered.
-        detached = []
-        for channel in channels:
-            subscribers = tracker.channels.get(channel)
-            if subscribers is not None and client in subscribers:
-                del subscribers[client]
-                detached.append(channel)
+        detached = node.detach_from_channels(client, channels)
         streams = [GLOBAL_STREAM, *channels]
         self.log.info("client {client_id} resumes from position {since}, before this node's history: "
                       "reading Redis's", client_id=client.client_id, since=since)
@@ -667,10 +655,10 @@ class RedisBackplane:
         Decode a REPLAY answer: whether it is complete after C{since}, and its
         unexpired messages (channel ones up to C{upto}) in position order.
         """
-        tracker = self.tracker
-        assert tracker is not None
+        node = self.node
+        assert node is not None
         recovered = since >= int(result[2])
-        horizon_ms = (tracker.clock() - self.history_age) * 1000
+        horizon_ms = (node.stream.clock() - self.history_age) * 1000
         found: list[tuple[str, Outgoing]] = []
         for stream, (last, gone, exists, entries) in zip(streams, result[3:]):
             if int(last) <= since:
@@ -693,46 +681,43 @@ class RedisBackplane:
 
     def _replayed(self, result: list[Any], client: "Client", since: int, streams: list[str],
                   connected_at: int) -> bool:
-        tracker = self.tracker
-        assert tracker is not None
+        node = self.node
+        assert node is not None
         epoch, cluster_position = _text(result[0]), int(result[1])
-        if epoch != tracker.epoch or since > cluster_position:
-            tracker.events.recovery(client, False)
+        if epoch != node.stream.epoch or since > cluster_position:
+            node.events.recovery(client, False)
             return False
-        recovered, found = self._entries(result, streams, since, tracker.position)
+        recovered, found = self._entries(result, streams, since, node.stream.position)
         by_position = {message.pos: message for _, message in found}
-        _, local = tracker.missed_since(since, streams[1:], connected_at)
+        _, local = node.stream.missed_since(since, streams[1:], connected_at)
         for message in local:
             by_position[message.pos] = message
-        policy = tracker.limits.default_policy
+        policy = node.limits.default_policy
         if not client.closed:
             for pos in sorted(by_position):
                 client.deliver(by_position[pos], policy)
-        tracker.events.recovery(client, recovered)
+        node.events.recovery(client, recovered)
         return recovered
 
     def _replay_failed(self, failure: Failure, client: "Client", epoch: Any, since: int,
                        channels: list[str], connected_at: int) -> bool:
         self.log.warn("reading missed messages from Redis failed ({error}): replaying this node's history only",
                       error=failure.value)
-        tracker = self.tracker
-        assert tracker is not None
-        tracker.replay_local(client, epoch, since, channels, connected_at)
+        node = self.node
+        assert node is not None
+        node.replay_local(client, epoch, since, channels, connected_at)
         return False
 
     def _reattach(self, result: Any, client: "Client", detached: list[str]) -> Any:
-        tracker = self.tracker
-        assert tracker is not None
-        if not client.closed:
-            for channel in detached:
-                if channel in client.channels:
-                    tracker.channels.setdefault(channel, {})[client] = None
+        node = self.node
+        assert node is not None
+        node.reattach_to_channels(client, detached)
         return result
 
     # Ajax sessions --------------------------------------------------------
 
-    def new_session_id(self) -> str:
-        return f"{self.node_id}.{secrets.token_urlsafe(18)}"
+    def new_session_secret(self) -> str:
+        return f"{self.node_id}.{new_session_secret()}"
 
     def attach_ajax(self, root: "Resource") -> None:
         self.router.root = root

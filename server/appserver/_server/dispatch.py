@@ -164,12 +164,10 @@ class Dispatcher:
 
     def _members(self, client: Client, envelope: Envelope) -> None:
         room = validate_room_name(_require_object(envelope.data, "room")["room"])
-        names = self.tracker.room_members(room)
-        if isinstance(names, Deferred):  # clustered: every node's members
-            names.addCallbacks(lambda found: self._members_found(client, envelope, room, found),
-                               lambda failure: self._async_failed(client, envelope, failure))
-            return
-        self._members_found(client, envelope, room, names)
+        # Every node's members: at once on a single node, later with Redis.
+        self.tracker.room_members(room).addCallbacks(
+            lambda found: self._members_found(client, envelope, room, found),
+            lambda failure: self._async_failed(client, envelope, failure))
 
     def _members_found(self, client: Client, envelope: Envelope, room: str, names: list[str]) -> None:
         members = {"room": room, "members": names}
@@ -185,12 +183,11 @@ class Dispatcher:
             raise ProtocolError("bad_data", '"channels" must be a list of channel names')
         for channel in channels:
             self.tracker.subscribe(client, validate_channel_name(channel))
-        recovered = self.tracker.replay(client, data["epoch"], data["since"], channels, client.connected_at)
-        if isinstance(recovered, Deferred):  # clustered: read from Redis
-            recovered.addCallbacks(lambda done: self._resumed(client, envelope, done),
-                                   lambda failure: self._async_failed(client, envelope, failure))
-            return
-        self._resumed(client, envelope, recovered)
+        # The ack follows the replayed messages: on a single node both are
+        # sent before this returns; with Redis, once Redis has been read.
+        self.tracker.replay(client, data["epoch"], data["since"], channels, client.connected_at).addCallbacks(
+            lambda recovered: self._resumed(client, envelope, recovered),
+            lambda failure: self._async_failed(client, envelope, failure))
 
     def _resumed(self, client: Client, envelope: Envelope, recovered: bool) -> None:
         self._ack(client, envelope, "resumed", {"recovered": recovered, "epoch": self.tracker.epoch,

@@ -26,7 +26,8 @@ from twisted.web.server import Request
 
 from appserver._core.client import Client
 from appserver._core.envelope import Outgoing
-from appserver._core.tracker import GLOBAL_STREAM, TrackerEvents
+from appserver._core.events import TrackerEvents
+from appserver._core.streamlog import GLOBAL_STREAM
 
 if TYPE_CHECKING:
     from appserver._server.runtime import Runtime

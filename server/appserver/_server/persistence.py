@@ -25,8 +25,7 @@ from typing import Any
 import orjson
 from twisted.logger import Logger
 
-from appserver._core.envelope import Outgoing, encode
-from appserver._core.history import StreamHistory
+from appserver._core.envelope import encode
 from appserver._core.tracker import ClientTracker
 
 __all__ = ["save_state", "load_state", "STATE_VERSION"]
@@ -36,37 +35,13 @@ STATE_VERSION = 1
 log = Logger(namespace="appserver.persistence")
 
 
-def _key(key: Any) -> Any:
-    """
-    Conflation keys survive when JSON keeps them as they were.
-    """
-    if isinstance(key, str) or (isinstance(key, int) and not isinstance(key, bool)):
-        return key
-    return None
-
-
 def snapshot(tracker: ClientTracker) -> dict[str, Any]:
     """
-    The part of the tracker's state that recovery needs, as JSON values.
+    The part of the tracker's state that recovery needs (its stream log,
+    swept first so that expired messages are not saved), as JSON values.
     """
     tracker.sweep()
-    histories = {}
-    for stream, history in tracker.histories.items():
-        histories[stream] = {
-            "complete_after": history.complete_after,
-            "messages": [
-                {"pos": message.pos, "created": message.created, "key": _key(message.key),
-                 "envelope": orjson.loads(message.payload)}
-                for message in history.after(-1)
-            ],
-        }
-    return {
-        "version": STATE_VERSION,
-        "epoch": tracker.epoch,
-        "position": tracker.position,
-        "forgotten_after": tracker._forgotten_after,
-        "histories": histories,
-    }
+    return {"version": STATE_VERSION, **tracker.stream.snapshot()}
 
 
 def save_state(tracker: ClientTracker, path: str) -> bool:
@@ -93,7 +68,7 @@ def save_state(tracker: ClientTracker, path: str) -> bool:
         log.failure("could not save the stream state to {path}; the next start takes a new epoch", path=path)
         return False
     log.info("saved epoch {epoch} at position {position} with {streams} histories to {path}",
-             epoch=tracker.epoch, position=tracker.position, streams=len(tracker.histories), path=path)
+             epoch=tracker.epoch, position=tracker.position, streams=len(tracker.stream.streams()), path=path)
     return True
 
 
@@ -115,9 +90,13 @@ def load_state(tracker: ClientTracker, path: str) -> bool:
         log.warn("cannot read the stream state at {path} ({error}): starting epoch {epoch}",
                  path=path, error=error, epoch=tracker.epoch)
         return False
+    stream = tracker.stream
+    previous = stream.snapshot()
     try:
         state = orjson.loads(raw)
-        previous = _restore(tracker, state)
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"not a version {STATE_VERSION} state file")
+        stream.restore(state)
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         log.warn("ignoring the stream state at {path} ({error}): starting epoch {epoch}",
                  path=path, error=error, epoch=tracker.epoch)
@@ -128,39 +107,9 @@ def load_state(tracker: ClientTracker, path: str) -> bool:
         # Keeping the file would let a crash restore it a second time.
         log.error("cannot delete the stream state at {path} after reading it ({error}): not using it",
                   path=path, error=error)
-        tracker.__dict__.update(previous)
+        stream.restore(previous)
         return False
     log.info("restored epoch {epoch} at position {position} with {streams} histories from {path}",
-             epoch=tracker.epoch, position=tracker.position, streams=len(tracker.histories), path=path)
+             epoch=tracker.epoch, position=tracker.position, streams=len(stream.streams()), path=path)
     return True
 
-
-def _restore(tracker: ClientTracker, state: Any) -> dict[str, Any]:
-    """
-    Apply C{state} to the tracker; returns the attributes it replaced, so
-    the caller can undo it.
-
-    @raise ValueError: the state is not one this version wrote.
-    """
-    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-        raise ValueError(f"not a version {STATE_VERSION} state file")
-    epoch, position = state["epoch"], state["position"]
-    if not isinstance(epoch, str) or not epoch or isinstance(position, bool) or not isinstance(position, int):
-        raise ValueError("bad epoch or position")
-    limits = tracker.limits
-    histories: dict[str, StreamHistory] = {}
-    for stream, saved in state["histories"].items():
-        history = StreamHistory(limits.history_size, limits.history_age, tracker.clock,
-                                complete_after=int(saved["complete_after"]))
-        for item in saved["messages"]:
-            pos = int(item["pos"])
-            if pos > position:
-                raise ValueError(f"a message at position {pos} after the saved position {position}")
-            history.append(Outgoing(encode(item["envelope"]), pos, item.get("key"), float(item["created"])))
-        histories[stream] = history
-    previous = {name: tracker.__dict__[name] for name in ("epoch", "position", "histories", "_forgotten_after")}
-    tracker.epoch = epoch
-    tracker.position = position
-    tracker.histories = histories
-    tracker._forgotten_after = int(state.get("forgotten_after", 0))
-    return previous

@@ -11,19 +11,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
+from appserver._server.admission import Admission
 from appserver._server.app import App
-from appserver._core.backplane import make_backplane
+from appserver._core.backplane import IBackplane
+from appserver._core.memory import MemoryBackplane
 from appserver._server.dispatch import Dispatcher
 from appserver._server.limits import ConnectionLimiter, TokenBucket
 from appserver._server.origins import OriginPolicy
 from appserver._server.settings import Settings
 from appserver._core.tracker import ClientTracker, TrackerEvents, TrackerLimits
 
-__all__ = ["Runtime", "build_runtime"]
+__all__ = ["Runtime", "build_runtime", "make_backplane"]
 
 
 @dataclass
@@ -54,6 +57,10 @@ class Runtime:
     sessions: Any = None
     metrics: Any = None
     readiness_checks: list[Callable[[], Any]] = field(default_factory=list)
+    admission: Admission = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self)
 
     def authenticate(self, info: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
         """
@@ -84,6 +91,25 @@ class Runtime:
         if rate <= 0:
             return None
         return TokenBucket(rate, max(1.0, rate * 2), self.reactor.seconds)
+
+
+def make_backplane(settings: Settings, reactor: Any) -> IBackplane:
+    """
+    The backplane named by C{--backplane}: C{memory://} or
+    C{redis://host:port/db}. The Redis backplane is imported only when
+    asked for: its client library imports the reactor, which must not
+    happen before C{twistd} has installed the one it was told to use.
+
+    @raise ValueError: the URL names no known backplane.
+    """
+    url = settings.backplane or "memory://"
+    scheme = urlsplit(url).scheme
+    if url in ("memory", "memory://") or scheme == "memory":
+        return MemoryBackplane()
+    if scheme == "redis":
+        from appserver._redis.backplane import RedisBackplane
+        return RedisBackplane.from_settings(settings, reactor)
+    raise ValueError(f"--backplane {url!r}: use memory:// or redis://host:port/db")
 
 
 def build_runtime(settings: Settings, app: App, reactor: IReactorTime,

@@ -22,6 +22,10 @@ from appserver._server.runtime import Runtime
 
 __all__ = ["AppServerService", "SiteService"]
 
+#: Module level with a fixed name: a class attribute would be named after
+#: its (private) module.
+_log = Logger(namespace="appserver.service")
+
 #: Clients told to reconnect at shutdown spread their returns over this many
 #: milliseconds, so a restarted server is not hit by all of them at once.
 RECONNECT_SPREAD_MS = (500, 3000)
@@ -47,8 +51,6 @@ class SiteService(Service):
     """
     Listens on one endpoint with one site; knows its port once listening.
     """
-
-    log = Logger()
 
     def __init__(self, name: str, description: str, site: Any, reactor: Any,
                  on_listening: Callable[[str, IListeningPort], None]) -> None:
@@ -92,8 +94,6 @@ class AppServerService(MultiService):
     @ivar ports: the port each site listens on, by site name, once started.
     """
 
-    log = Logger()
-
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
         self.runtime = runtime
@@ -114,7 +114,7 @@ class AppServerService(MultiService):
         number = port.getHost().port
         self.ports[name] = number
         self.runtime.own_ports.add(number)
-        self.log.info("appserver {site} site listening on port {port}", site=name, port=number)
+        _log.info("appserver {site} site listening on port {port}", site=name, port=number)
 
     def _sites_not_listening(self) -> list[str]:
         """
@@ -140,7 +140,7 @@ class AppServerService(MultiService):
         self._start_task(30.0, lambda _: tracker.sweep(), name="history sweep")
         for hook in self.app.startup:
             defer.maybeDeferred(hook, tracker, self.reactor).addErrback(
-                lambda failure, hook=hook: self.log.failure("startup hook {hook} failed", failure,
+                lambda failure, hook=hook: _log.failure("startup hook {hook} failed", failure,
                                                             hook=getattr(hook, "__name__", hook)))
 
     def _start_task(self, seconds: float, function: Callable[[Any], Any], name: str | None = None) -> None:
@@ -151,18 +151,18 @@ class AppServerService(MultiService):
             try:
                 result = function(tracker)
             except Exception:
-                self.log.failure("periodic task {task} failed; it keeps running", task=label)
+                _log.failure("periodic task {task} failed; it keeps running", task=label)
                 return None
             if isinstance(result, defer.Deferred) or hasattr(result, "__await__"):
                 return defer.ensureDeferred(result).addErrback(
-                    lambda failure: self.log.failure("periodic task {task} failed; it keeps running",
+                    lambda failure: _log.failure("periodic task {task} failed; it keeps running",
                                                      failure, task=label))
             return None
 
         loop = LoopingCall(run)
         loop.clock = self.reactor
         loop.start(seconds, now=False).addErrback(
-            lambda failure: self.log.failure("periodic task {task} stopped", failure, task=label))
+            lambda failure: _log.failure("periodic task {task} stopped", failure, task=label))
         self._tasks.append(loop)
 
     @defer.inlineCallbacks
@@ -182,7 +182,7 @@ class AppServerService(MultiService):
         tracker = runtime.tracker
         clients = list(tracker.clients.values())
         if clients:
-            self.log.info("shutting down: telling {count} clients to reconnect", count=len(clients))
+            _log.info("shutting down: telling {count} clients to reconnect", count=len(clients))
         for client in clients:
             after_ms = random.randint(*RECONNECT_SPREAD_MS)
             tracker.send_to(client, {"type": "reconnect", "data": {"after_ms": after_ms}})
@@ -204,7 +204,7 @@ class AppServerService(MultiService):
             try:
                 yield defer.maybeDeferred(hook, tracker, self.reactor)
             except Exception:
-                self.log.failure("shutdown hook failed")
+                _log.failure("shutdown hook failed")
         if self._state_file():
             save_state(tracker, self.settings.state_file)
         yield tracker.backplane.stop()
@@ -216,7 +216,7 @@ class AppServerService(MultiService):
         """
         path = self.settings.state_file
         if path and self.runtime.tracker.backplane.clustered:
-            self.log.warn("--state-file {path} is ignored: the {backplane} backplane keeps the stream",
+            _log.warn("--state-file {path} is ignored: the {backplane} backplane keeps the stream",
                           path=path, backplane=self.settings.backplane)
             return None
         return path

@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from appserver._server.app import HTTPError, Route, RouteRequest
 from appserver._core.envelope import ProtocolError, parse_envelope, validate_envelope
 from appserver._web.jsonweb import JSONErrorPage, JSONResource, Rendered, jsonp_callback, query_arg
-from appserver._web.longpoll import AjaxSession, SessionRegistry
+from appserver._server.admission import Refused, Ticket, Visitor
+from appserver._web.longpoll import AjaxSession
 from appserver._core.names import validate_channel_name, validate_room_name
 
 if TYPE_CHECKING:
@@ -66,39 +67,48 @@ class ClientCount(JSONResource):
                 validate_room_name(room)
             except ProtocolError as error:
                 raise HTTPError(400, error.code, error.message) from None
-        if tracker.backplane.clustered:
-            return self._cluster_answer(room)
-        counts = tracker.count_by_transport()
-        answer: dict[str, Any] = {
-            "client_count": tracker.client_count,
-            "websocket": counts["websocket"],
-            "ajax": counts["ajax"],
-            "time": time.ctime(),
-        }
-        if room is not None:
-            answer["room"] = room
-            answer["room_count"] = tracker.room_size(room)
-        return answer
+        return self._answer(room)
 
-    async def _cluster_answer(self, room: str | None) -> dict[str, Any]:
+    async def _answer(self, room: str | None) -> dict[str, Any]:
         """
-        Every live node's clients (docs/scaling.md); C{nodes} says how many
-        nodes answered for.
+        The clients of every live node (this node's alone on a single
+        node); C{nodes} says how many nodes answered for, when clustered
+        (docs/scaling.md).
         """
         tracker = self.runtime.tracker
-        counts = dict(await maybeDeferred(tracker.cluster_counts))
-        nodes = counts.pop("nodes", 1)
+        counts = dict(await tracker.cluster_counts())
+        nodes = counts.pop("nodes", None)
         answer: dict[str, Any] = {
             "client_count": sum(counts.values()),
             "websocket": counts.get("websocket", 0),
             "ajax": counts.get("ajax", 0),
-            "nodes": nodes,
-            "time": time.ctime(),
         }
+        if tracker.backplane.clustered:
+            answer["nodes"] = nodes if nodes is not None else 1
+        answer["time"] = time.ctime()
         if room is not None:
             answer["room"] = room
-            answer["room_count"] = await maybeDeferred(tracker.room_size, room)
+            answer["room_count"] = await tracker.room_size(room)
         return answer
+
+
+#: The request header that carries an Ajax session's secret (JSON requests).
+SESSION_HEADER = "X-AppServer-Session"
+
+
+def _session_secret(request: Request) -> str:
+    """
+    The session secret a request presents: in the C{X-AppServer-Session}
+    header for JSON, in the C{session} query argument for JSONP (a script
+    tag cannot send headers). Kept out of URLs wherever possible: URLs end
+    up in logs, proxies and browser history.
+    """
+    if request.args.get(b"callback"):
+        values = request.args.get(b"session")
+        raw = values[0] if values else b""
+    else:
+        raw = request.getHeader(SESSION_HEADER.encode("ascii")) or b""
+    return raw.decode("utf-8", "replace").strip()
 
 
 class _SessionResource(JSONResource):
@@ -112,10 +122,9 @@ class _SessionResource(JSONResource):
         # A session opened by another node of the cluster: its home node
         # answers (docs/scaling.md).
         if request.method != b"OPTIONS":
-            values = request.args.get(b"session")
-            session_id = values[0].decode("utf-8", "replace") if values else ""
-            if session_id and self.runtime.sessions.get(session_id) is None:
-                routed = self.runtime.tracker.backplane.route_session_request(self, request, session_id)
+            secret = _session_secret(request)
+            if secret and self.runtime.sessions.find(secret) is None:
+                routed = self.runtime.tracker.backplane.route_session_request(self, request, secret)
                 if routed is not None:
                     return routed
         return super().render(request)
@@ -131,10 +140,13 @@ class _SessionResource(JSONResource):
         return self._error(request, callback, status, code, message)
 
     def _session(self, request: Request) -> AjaxSession:
-        session_id = query_arg(request, "session")
-        if not session_id:
-            raise HTTPError(400, "missing_session", "the query needs session=<id> from /connect")
-        session = self.runtime.sessions.get(session_id)
+        secret = _session_secret(request)
+        if not secret:
+            if jsonp_callback(request) is None:
+                raise HTTPError(400, "missing_session", f"send the session from /connect in the {SESSION_HEADER} "
+                                                        "header (session=<secret> in the query is for JSONP only)")
+            raise HTTPError(400, "missing_session", "the query needs session=<secret> from /connect")
+        session = self.runtime.sessions.find(secret)
         if session is None:
             raise HTTPError(410, "unknown_session",
                             "this session expired or never existed: call /connect again, then resume")
@@ -148,63 +160,56 @@ class Connect(JSONResource):
     """
 
     methods = (b"GET", b"POST")
-    check_origin = True
+    # The origin is checked by admission, as for every transport.
+    check_origin = False
 
     def handle(self, request: Request) -> Any:
-        runtime = self.runtime
         if request.method != b"POST" and jsonp_callback(request) is None:
             # As for /send and /disconnect: a plain GET (an <img>, a prefetch) opens nothing.
             request.setHeader(b"Allow", b"POST, OPTIONS")
             raise HTTPError(405, "method_not_allowed", "use POST, or GET with callback= for JSONP")
-        if not runtime.accepting:
-            raise HTTPError(503, "shutting_down", "the server is shutting down; reconnect shortly")
-        origin_header = request.getHeader(b"origin")
-        origin = origin_header.decode("latin-1") if origin_header else None
-        address = request.getClientAddress()
-        ip = getattr(address, "host", str(address))
-        refusal = runtime.limiter.refusal(ip)
-        if refusal is not None:
-            raise HTTPError(503, "too_many_connections", refusal)
-        if not runtime.app.authenticators:
-            return self._open(request, ip, origin, None)
-        info = {
-            "query": {key.decode("latin-1"): [v.decode("latin-1") for v in values]
-                      for key, values in request.args.items()},
-            "headers": {key.decode("latin-1").lower(): b",".join(values).decode("latin-1")
-                        for key, values in request.requestHeaders.getAllRawHeaders()},
-            "cookies": {key.decode("latin-1"): value.decode("latin-1")
-                        for key, value in (request.received_cookies or {}).items()},
-            "peer": _peer(request),
-            "origin": origin,
-            "path": "/connect",
-        }
+        admitting = self.runtime.admission.admit(_visitor(request))
+        # The caller left while the application decided: nobody would
+        # learn the session, so stop deciding and give the place back.
+        request.notifyFinish().addErrback(lambda _: admitting.cancel())
+        return admitting.addCallbacks(self._open, _refused)
 
-        gone: list[bool] = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def decided(attributes: dict[str, Any] | None) -> Any:
-            if gone:
-                # The caller left while the application decided: nobody would learn the session.
-                return None
-            if attributes is None:
-                raise HTTPError(403, "authentication_refused", "the application refused this connection")
-            return self._open(request, ip, origin, attributes)
-        return runtime.authenticate(info).addCallback(decided)
-
-    def _open(self, request: Request, ip: str, origin: str | None,
-              attributes: dict[str, Any] | None) -> dict[str, Any]:
+    def _open(self, ticket: Ticket) -> dict[str, Any]:
         runtime = self.runtime
-        runtime.limiter.acquire(ip)
-        session = runtime.sessions.open(_peer(request), origin, attributes)
-        session.limiter_ip = ip
-        return {"session": session.client_id, "client_id": session.client_id,
+        session, secret = runtime.sessions.open(ticket)
+        return {"session": secret, "client_id": session.client_id,
                 "epoch": runtime.tracker.epoch, "position": 0}
+
+
+def _visitor(request: Request) -> Visitor:
+    """
+    An Ajax request that opens a session, as admission sees it.
+    """
+    origin = request.getHeader(b"origin")
+    host = request.getHeader(b"host")
+    address = request.getClientAddress()
+    return Visitor(
+        transport="ajax", peer=_peer(request), ip=getattr(address, "host", str(address)),
+        origin=origin.decode("latin-1") if origin else None, host=host.decode("latin-1") if host else None,
+        path=request.path.decode("latin-1"),
+        query={key.decode("latin-1"): [v.decode("latin-1") for v in values] for key, values in request.args.items()},
+        headers={key.decode("latin-1").lower(): b",".join(values).decode("latin-1")
+                 for key, values in request.requestHeaders.getAllRawHeaders()},
+        cookies={key.decode("latin-1"): value.decode("latin-1")
+                 for key, value in (request.received_cookies or {}).items()})
+
+
+def _refused(failure: Failure) -> None:
+    failure.trap(Refused)
+    refused = failure.value
+    raise HTTPError(refused.status, refused.code, refused.message)
 
 
 class Send(_SessionResource):
     """
-    C{POST /send?session=S} with an envelope as the body, or
-    C{GET /send?session=S&msg=<envelope>&callback=} for JSONP.
+    C{POST /send} (session secret in C{X-AppServer-Session}) with an
+    envelope as the body, or C{GET /send?session=S&msg=<envelope>&callback=}
+    for JSONP.
     """
 
     methods = (b"GET", b"POST")
@@ -237,7 +242,8 @@ class Send(_SessionResource):
 
 class Poll(_SessionResource):
     """
-    C{GET /poll?session=S&since=N}: the long poll.
+    C{GET /poll?since=N} (session secret in C{X-AppServer-Session}, or
+    C{session=S&callback=} for JSONP): the long poll.
     """
 
     check_origin = False  # read-only: CORS headers decide who may read it
@@ -258,7 +264,8 @@ class Poll(_SessionResource):
 
 class Disconnect(_SessionResource):
     """
-    C{POST /disconnect?session=S}: end a session now rather than at expiry.
+    C{POST /disconnect} (or JSONP C{GET ?session=S&callback=}): end a
+    session now rather than at expiry.
     """
 
     methods = (b"GET", b"POST")
@@ -293,12 +300,9 @@ class Publish(JSONResource):
         if key is not None and not isinstance(key, (str, int)):
             raise HTTPError(400, "bad_data", '"key" must be a string or an integer')
         tracker = self.runtime.tracker
-        message = tracker.publish(channel, body.get("data"), key=key)
-        if isinstance(message, Deferred):
-            # Clustered: the position comes from Redis; subscribers are this node's.
-            return message.addCallback(lambda published: {
-                "ok": True, "pos": published.pos, "subscribers": tracker.subscriber_count(channel)})
-        return {"ok": True, "pos": message.pos, "subscribers": tracker.subscriber_count(channel)}
+        # Subscribers are this node's (docs/scaling.md).
+        return tracker.publish(channel, body.get("data"), key=key).addCallback(lambda published: {
+            "ok": True, "pos": published.pos, "subscribers": tracker.subscriber_count(channel)})
 
     def _authorize(self, request: Request) -> None:
         token = self.runtime.settings.publish_token

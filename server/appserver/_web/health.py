@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Liveness", "Readiness", "ReadinessCheck", "mount_operations_resources", "CHECK_TIMEOUT"]
 
+#: Module level with a fixed name: a class attribute would be named after
+#: its (private) module.
+_log = Logger(namespace="appserver.health")
+
 #: A readiness check that takes longer than this many seconds counts as failed.
 CHECK_TIMEOUT = 5.0
 
@@ -64,7 +68,6 @@ class Readiness(Resource):
     """
 
     isLeaf = True
-    log = Logger()
 
     def __init__(self, runtime: "Runtime") -> None:
         super().__init__()
@@ -100,7 +103,7 @@ class Readiness(Resource):
                                                       f"after {CHECK_TIMEOUT:g}s"])
 
         def failed(failure: Failure) -> list[str]:
-            self.log.failure("readiness check {check} failed", failure, check=_name(check))
+            _log.failure("readiness check {check} failed", failure, check=_name(check))
             return [f"readiness check {_name(check)} failed: {failure.getErrorMessage()}"]
 
         return result.addCallbacks(_reasons, failed)

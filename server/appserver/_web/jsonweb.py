@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["JSONResource", "RawJSON", "Rendered", "write_json", "JSONErrorPage", "HTTPError",
            "jsonp_callback", "CALLBACK_PATTERN", "MAX_CALLBACK_LENGTH", "query_arg"]
 
+#: Module level with a fixed name: a class attribute would be named after
+#: its (private) module.
+_log = Logger(namespace="appserver.ajax")
+
 MAX_CALLBACK_LENGTH = 128
 #: A JavaScript identifier, or a dotted path of them (C{App.handlers.onCount}).
 CALLBACK_PATTERN = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*(?:\.[A-Za-z_$][A-Za-z0-9_$]*)*\Z")
@@ -193,7 +197,6 @@ class JSONResource(Resource):
     isLeaf = True
     methods: tuple[bytes, ...] = (b"GET",)
     check_origin = False
-    log = Logger()
 
     def __init__(self, runtime: "Runtime") -> None:
         super().__init__()
@@ -227,7 +230,7 @@ class JSONResource(Resource):
                                f"the body is larger than {self.runtime.settings.max_message_size} bytes")
         if self.check_origin and not _origin_allowed(request, self.runtime):
             origin = (request.getHeader(b"origin") or b"").decode("latin-1")
-            self.log.warn("refused {method} {path} from origin {origin!r}; {advice}",
+            _log.warn("refused {method} {path} from origin {origin!r}; {advice}",
                           method=method.decode(), path=request.path.decode("latin-1"),
                           origin=origin, advice=self.runtime.origins.advice(origin))
             return self._error(request, callback, 403, "origin_refused", "this origin may not use this server")
@@ -236,7 +239,7 @@ class JSONResource(Resource):
         except HTTPError as error:
             return self._error(request, callback, error.status, error.code, error.message)
         except Exception:
-            self.log.failure("Ajax endpoint {path} failed", path=request.path.decode("latin-1"))
+            _log.failure("Ajax endpoint {path} failed", path=request.path.decode("latin-1"))
             return self._error(request, callback, 500, "internal_error", "the server failed; the error was logged")
         if result is NOT_DONE_YET:
             return NOT_DONE_YET
@@ -264,7 +267,7 @@ class JSONResource(Resource):
                 error = failure.value
                 body = self._error(request, callback, error.status, error.code, error.message)
             else:
-                self.log.failure("Ajax endpoint {path} failed", failure, path=request.path.decode("latin-1"))
+                _log.failure("Ajax endpoint {path} failed", failure, path=request.path.decode("latin-1"))
                 body = self._error(request, callback, 500, "internal_error",
                                    "the server failed; the error was logged")
             request.write(body)
@@ -287,7 +290,7 @@ class JSONResource(Resource):
             return encode(_error_body("origin_refused", "this origin may not use this server"))
         request.setResponseCode(204)
         request.setHeader(b"Access-Control-Allow-Methods", b", ".join(self.methods + (b"OPTIONS",)))
-        request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type, Authorization")
+        request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type, Authorization, X-AppServer-Session")
         request.setHeader(b"Access-Control-Max-Age", b"600")
         request.setHeader(b"Allow", b", ".join(self.methods + (b"OPTIONS",)))
         return b""

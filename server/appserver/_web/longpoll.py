@@ -11,6 +11,8 @@ nothing is lost or duplicated between polls.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall
@@ -21,12 +23,17 @@ from appserver._core.client import Client
 from appserver._core.envelope import Outgoing, encode
 from appserver._web.jsonweb import RawJSON, write_json
 from appserver._core.outbound import OutboundQueue
+from appserver._server.admission import Ticket
 from appserver._web.writes import EndOfTurn
 
 if TYPE_CHECKING:
     from appserver._server.runtime import Runtime
 
 __all__ = ["AjaxSession", "SessionRegistry"]
+
+#: Module level with a fixed name: a class attribute would be named after
+#: its (private) module.
+_log = Logger(namespace="appserver.ajax")
 
 
 class AjaxSession(Client):
@@ -37,9 +44,9 @@ class AjaxSession(Client):
 
     transport = "ajax"
     __slots__ = ("registry", "waiting", "waiting_callback", "_poll_timer", "_idle_timer",
-                 "_flush_due", "close_reason", "limiter_ip")
+                 "_flush_due", "close_reason", "ticket", "secret_digest")
 
-    def __init__(self, registry: "SessionRegistry", **kwargs: Any) -> None:
+    def __init__(self, registry: "SessionRegistry", ticket: Ticket, secret_digest: bytes, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.registry = registry
         limits = self.limits
@@ -50,8 +57,10 @@ class AjaxSession(Client):
         self._idle_timer: IDelayedCall | None = None
         self._flush_due = False
         self.close_reason: tuple[int, str] | None = None
-        #: The address counted by the connection limiter for this session.
-        self.limiter_ip: str | None = None
+        #: Its admission: the place it holds under the connection limits.
+        self.ticket = ticket
+        #: The SHA-256 of its secret (the secret itself is not kept).
+        self.secret_digest = secret_digest
 
     # Delivery -------------------------------------------------------------
 
@@ -203,7 +212,7 @@ class AjaxSession(Client):
 
     def _expire(self) -> None:
         self._idle_timer = None
-        self.registry.log.info("Ajax session {client_id} expired after {seconds}s without a poll",
+        _log.info("Ajax session {client_id} expired after {seconds}s without a poll",
                                client_id=self.client_id, seconds=self.registry.idle_timeout)
         self.close(1001, "session expired")
 
@@ -212,13 +221,16 @@ class AjaxSession(Client):
         self._clear_waiting()
 
 
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
 class SessionRegistry:
     """
     The Ajax sessions of one server, by id; registering a session counts it
     in the tracker, forgetting it counts it out.
     """
 
-    log = Logger()
 
     def __init__(self, runtime: "Runtime") -> None:
         self.runtime = runtime
@@ -228,46 +240,54 @@ class SessionRegistry:
         #: Answers every session with news in a turn, once, at its end, so
         #: a burst of messages goes out in one response per poll.
         self.answers = EndOfTurn(self.reactor)
+        #: By public client id.
         self.sessions: dict[str, AjaxSession] = {}
+        #: By the digest of the session secret: only the owner knows the
+        #: secret, and this node keeps nothing it could leak.
+        self._by_secret: dict[bytes, AjaxSession] = {}
 
     def __len__(self) -> int:
         return len(self.sessions)
 
-    def open(self, peer: str, origin: str | None, attributes: dict[str, Any] | None = None) -> AjaxSession:
-        tracker = self.runtime.tracker
-        session = AjaxSession(self, limits=tracker.limits, events=tracker.events, peer=peer, origin=origin,
-                              client_id=tracker.backplane.new_session_id())
-        session.bucket = self.runtime.new_bucket()
-        if attributes:
-            session.attributes.update(attributes)
-        self.sessions[session.client_id] = session
-        tracker.register(session)
-        session._start_idle_timer()
-        tracker.welcome(session)
-        self.log.info("Ajax session open {client_id} peer={peer} origin={origin} transport={transport}",
-                      client_id=session.client_id, peer=peer, origin=origin, transport=session.transport)
-        return session
+    def open(self, ticket: Ticket) -> tuple[AjaxSession, str]:
+        """
+        Open an admitted session: registered, welcomed, expiring when idle.
 
-    def get(self, session_id: str | None) -> AjaxSession | None:
-        if not session_id:
+        @return: the session and its secret, which only the caller of
+            C{/connect} is told (docs/protocol.md).
+        """
+        runtime = self.runtime
+        tracker = runtime.tracker
+        visitor = ticket.visitor
+        secret = tracker.backplane.new_session_secret()
+        session = AjaxSession(self, ticket, _digest(secret), limits=tracker.limits, events=tracker.events,
+                              peer=visitor.peer, origin=visitor.origin)
+        self.sessions[session.client_id] = session
+        self._by_secret[session.secret_digest] = session
+        session._start_idle_timer()
+        runtime.admission.open(session, ticket)
+        return session, secret
+
+    def find(self, secret: str) -> AjaxSession | None:
+        """
+        The open session whose secret this is, or C{None}: an unknown or
+        expired secret, or anything else (a client id included).
+        """
+        digest = _digest(secret)
+        session = self._by_secret.get(digest)
+        if session is None or not hmac.compare_digest(session.secret_digest, digest):
             return None
-        return self.sessions.get(session_id)
+        return session
 
     def forget(self, session: AjaxSession) -> None:
         if self.sessions.get(session.client_id) is not session:
             return
         del self.sessions[session.client_id]
+        self._by_secret.pop(session.secret_digest, None)
         session.closed = True
         session.stop_timers()
-        self.runtime.tracker.unregister(session)
-        if session.limiter_ip is not None:
-            self.runtime.limiter.release(session.limiter_ip)
-            session.limiter_ip = None
         code = session.close_reason[0] if session.close_reason else 1000
-        self.runtime.tracker.events.closed(session, code)
-        self.log.info("Ajax session closed {client_id} peer={peer} origin={origin} transport={transport} "
-                      "code={code}", client_id=session.client_id, peer=session.peer, origin=session.origin,
-                      transport=session.transport, code=code)
+        self.runtime.admission.close(session, session.ticket, code)
 
     def close_all(self, code: int, reason: str) -> None:
         for session in list(self.sessions.values()):

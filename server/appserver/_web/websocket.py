@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appserver._core.client import Client
+from appserver._server.admission import Refused, Ticket, Visitor
 from appserver._core.outbound import DISCONNECT
 from appserver._core.envelope import Outgoing, ProtocolError, error_payload, parse_envelope
 from appserver._web.writes import WriteCoalescer, has_backlog, send_now
@@ -163,71 +164,48 @@ class TrackedProtocol(WebSocketServerProtocol):
 
     # Not "log": that name is Autobahn's own (txaio, level-filtered) logger,
     # which logs every frame at debug level.
-    events_log = Logger(namespace="appserver.websocket")
     client_class: type[WebSocketClient] = RawClient
+    #: Whether a new client gets the C{welcome} envelope (raw protocols
+    #: speak their own protocol).
+    welcomes = False
     factory: "AppServerWebSocketFactory"
 
     client: WebSocketClient | None = None
-    _limiter_ip: str | None = None
-    _origin: str | None = None
-    _attributes: dict[str, Any] | None = None
-    _gone = False
+    _ticket: Ticket | None = None
+    _admitting: Deferred[Ticket] | None = None
 
     # Handshake -----------------------------------------------------------
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:
-        runtime = self.factory.runtime
-        origin = request.headers.get("origin")
-        self._origin = origin
-        if not runtime.accepting:
-            raise ConnectionDeny(503, "server shutting down; reconnect elsewhere")
-        if not runtime.origins.allows(origin, request.headers.get("host")):
-            self.events_log.warn("refused WebSocket from {peer}: origin {origin!r} not allowed; {advice}",
-                                 peer=self.peer, origin=origin, advice=runtime.origins.advice(origin or ""))
-            raise ConnectionDeny(403, "origin not allowed")
-        ip = self.transport.getPeer().host if hasattr(self.transport.getPeer(), "host") else self.peer
-        refusal = runtime.limiter.refusal(ip)
-        if refusal is not None:
-            self.events_log.warn("refused WebSocket from {peer}: {refusal}", peer=self.peer, refusal=refusal)
-            raise ConnectionDeny(503, refusal)
-        runtime.limiter.acquire(ip)
-        self._limiter_ip = ip
-        if not runtime.app.authenticators:
-            return None
-        info = {
-            "query": request.params,
-            "headers": dict(request.headers),
-            "cookies": _cookies(request.headers.get("cookie", "")),
-            "peer": self.peer,
-            "origin": origin,
-            "path": request.path,
-        }
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None]:
+        peer = self.transport.getPeer()
+        visitor = Visitor(transport="websocket", peer=self.peer, ip=getattr(peer, "host", self.peer),
+                          origin=request.headers.get("origin"), host=request.headers.get("host"),
+                          path=request.path, query=request.params, headers=dict(request.headers),
+                          cookies=_cookies(request.headers.get("cookie", "")))
+        admitting = self._admitting = self.factory.runtime.admission.admit(visitor)
+        return admitting.addCallbacks(self._admitted, self._refused)
 
-        def decided(attributes: dict[str, Any] | None) -> None:
-            if self._gone:
-                # The peer left while the application decided: open nothing.
-                raise ConnectionDeny(403, "connection lost during authentication")
-            if attributes is None:
-                self.events_log.info("refused WebSocket from {peer}: authentication refused", peer=self.peer)
-                raise ConnectionDeny(403, "authentication refused")
-            self._attributes = attributes
+    def _admitted(self, ticket: Ticket) -> None:
+        self._admitting = None
+        self._ticket = ticket
 
-        return runtime.authenticate(info).addCallback(decided)
+    def _refused(self, failure: Failure) -> None:
+        self._admitting = None
+        if failure.check(CancelledError):
+            # The peer left while the application decided: open nothing.
+            raise ConnectionDeny(403, "connection lost during authentication")
+        failure.trap(Refused)
+        raise ConnectionDeny(failure.value.status, failure.value.message)
 
     def onOpen(self) -> None:
         runtime = self.factory.runtime
+        ticket = self._ticket
+        assert ticket is not None
         client = self.client_class(self, self.factory.coalescer, limits=runtime.tracker.limits,
-                                   events=runtime.tracker.events, peer=self.peer,
-                                   origin=self._origin)
-        client.bucket = runtime.new_bucket()
-        if self._attributes:
-            client.attributes.update(self._attributes)
+                                   events=runtime.tracker.events, peer=self.peer, origin=ticket.visitor.origin)
         self.client = client
         self._watch_backpressure(client)
-        runtime.tracker.register(client)
-        self.events_log.info("WebSocket open {client_id} peer={peer} origin={origin} transport={transport}",
-                             client_id=client.client_id, peer=self.peer, origin=self._origin,
-                             transport=client.transport)
+        runtime.admission.open(client, ticket, welcome=self.welcomes)
         self._release_handshake()
 
     def _release_handshake(self) -> None:
@@ -266,27 +244,26 @@ class TrackedProtocol(WebSocketServerProtocol):
     # End, however it happens ----------------------------------------------
 
     def connectionLost(self, reason: Any) -> None:
-        self._gone = True
+        admitting = self._admitting
+        if admitting is not None:
+            # Still deciding (an authentication hook): stop, and give the
+            # place back.
+            admitting.cancel()
         try:
             super().connectionLost(reason)
         finally:
             self._forget()
 
     def _forget(self) -> None:
-        runtime = self.factory.runtime
-        if self._limiter_ip is not None:
-            runtime.limiter.release(self._limiter_ip)
-            self._limiter_ip = None
-        client = self.client
-        if client is not None:
-            client.closed = True
-            runtime.tracker.unregister(client)
-            code = self.remoteCloseCode if self.remoteCloseCode is not None else self.localCloseCode
-            runtime.tracker.events.closed(client, code)
-            self.events_log.info("WebSocket closed {client_id} peer={peer} origin={origin} transport={transport} "
-                                 "code={code}", client_id=client.client_id, peer=self.peer, origin=self._origin,
-                                 transport=client.transport, code=code)
-            self.client = None
+        ticket, self._ticket = self._ticket, None
+        if ticket is None:
+            return
+        client, self.client = self.client, None
+        if client is None:
+            ticket.release()
+            return
+        code = self.remoteCloseCode if self.remoteCloseCode is not None else self.localCloseCode
+        self.factory.runtime.admission.close(client, ticket, code)
 
 
 class EnvelopeProtocol(TrackedProtocol):
@@ -295,11 +272,7 @@ class EnvelopeProtocol(TrackedProtocol):
     """
 
     client_class = WebSocketClient
-
-    def onOpen(self) -> None:
-        super().onOpen()
-        assert self.client is not None
-        self.factory.runtime.tracker.welcome(self.client)
+    welcomes = True
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         client = self.client
