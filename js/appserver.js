@@ -73,6 +73,8 @@
    * (JSONP requests, which cannot set headers, carry it as `session=`).
    */
   const SESSION_HEADER = "X-AppServer-Session";
+  /** The poll cursor of a JSON request (JSONP sends `since=` in the query). */
+  const SINCE_HEADER = "X-AppServer-Since";
 
   function noop() {}
 
@@ -293,10 +295,21 @@
       const method = name === "poll" ? "GET" : "POST";
       // The body goes as a string (text/plain). The session header makes the
       // request non-simple: the browser sends a CORS preflight first, which
-      // the Ajax site answers for its allowed origins.
+      // the Ajax site answers for its allowed origins. Browsers cache a
+      // preflight per URL, so a session's requests keep one URL per
+      // endpoint: the poll's cursor travels in a header too.
       const body = envelope === undefined ? undefined : JSON.stringify(envelope);
-      const headers = hasSession ? {[SESSION_HEADER]: String(session)} : undefined;
-      return this.fetchJson(withQuery(url, params), method, body, timeoutMs, headers);
+      let headers;
+      let query = params;
+      if (hasSession) {
+        headers = {[SESSION_HEADER]: String(session)};
+        if (params && params.since !== undefined) {
+          headers[SINCE_HEADER] = String(params.since);
+          query = Object.assign({}, params);
+          delete query.since;
+        }
+      }
+      return this.fetchJson(withQuery(url, query), method, body, timeoutMs, headers);
     }
 
     /** GET a URL that answers JSON, in the client's Ajax mode. */

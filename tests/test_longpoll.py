@@ -173,6 +173,21 @@ def test_no_duplicates_and_no_gaps_over_many_polls(ajax):
     assert sent > 300
 
 
+def test_since_in_the_header_acknowledges_like_the_query(ajax):
+    session = ajax.connect()
+    first = ajax.poll(session, 0).json()
+    ajax.runtime.tracker.broadcast("chat", "news")
+    answer = ajax.call("GET", "/poll", {"session": session}, headers={"X-AppServer-Since": str(first["position"])})
+    assert [m["data"] for m in answer.json()["messages"]] == ["news"]
+
+
+def test_a_malformed_since_header_is_bad_since(ajax):
+    session = ajax.connect()
+    for since in ("2", "-1", "abc"):
+        answer = ajax.call("GET", "/poll", {"session": session}, headers={"X-AppServer-Since": since})
+        assert answer.status == 400 and answer.json()["error"]["code"] == "bad_since", since
+
+
 def test_a_since_past_the_last_message_or_malformed_is_bad_since(ajax):
     session = ajax.connect()
     for since in ("2", "-1", "abc", "1.5", "", "99999999999999999999999"):

@@ -124,6 +124,8 @@ function fakeFetch() {
         headers,
         /** The session secret the request carries in its header, or null. */
         sessionHeader: headers.get(SESSION_HEADER),
+        /** The poll cursor the request carries in its header, or null. */
+        since: headers.get("X-AppServer-Since"),
         rawBody: init.body,
         body: init.body === undefined ? undefined : JSON.parse(init.body),
         init,
@@ -789,7 +791,8 @@ async function openSession(h, answer = ANSWER, welcome = {}) {
   h.http.take("/connect").respond(200, answer);
   await flush();
   const poll = h.http.take("/poll");
-  assert.deepEqual(poll.query, { since: "0" });
+  assert.deepEqual(poll.query, {});
+    assert.equal(poll.since, "0");
   assert.equal(poll.sessionHeader, answer.session);
   poll.respond(200, welcomePoll(welcome));
   await flush();
@@ -869,7 +872,8 @@ describe("Ajax transport", () => {
     await flush();
     const first = h.http.take("/poll");
     assert.equal(first.method, "GET");
-    assert.deepEqual(first.query, { since: "0" });
+    assert.deepEqual(first.query, {});
+    assert.equal(first.since, "0");
     assert.equal(first.sessionHeader, "S1");
     assert.deepEqual(h.logged("open"), [], "open once the welcome arrived");
     first.respond(200, welcomePoll({}, [
@@ -881,13 +885,16 @@ describe("Ajax transport", () => {
     assert.deepEqual(h.logged("chat"), ["one", "two"]);
     assert.equal(h.logged("welcome").length, 1, "one welcome per connection");
     const second = h.http.take("/poll");
-    assert.deepEqual(second.query, { since: "3" });
+    assert.deepEqual(second.query, {});
+    assert.equal(second.since, "3");
     assert.equal(second.sessionHeader, "S1");
     second.respond(200, { messages: [{ type: "welcome", data: {} }, { type: "chat", data: "three", pos: 10 }], position: 5 });
     await flush();
     assert.deepEqual(h.logged("chat"), ["one", "two", "three"]);
     assert.equal(h.logged("welcome").length, 1);
-    assert.deepEqual(h.http.take("/poll").query, { since: "5" });
+    const third = h.http.take("/poll");
+    assert.equal(third.since, "5");
+    assert.equal(third.url.href, first.url.href, "one URL for every poll: the browser's preflight cache is per URL");
   });
 
   test("sends go one at a time, in order, as plain JSON bodies", async () => {
@@ -959,7 +966,8 @@ describe("Ajax transport", () => {
     h.http.take("/connect").respond(200, { ...ANSWER, session: "S2" });
     await flush();
     const first = h.http.take("/poll");
-    assert.deepEqual(first.query, { since: "0" });
+    assert.deepEqual(first.query, {});
+    assert.equal(first.since, "0");
     assert.equal(first.sessionHeader, "S2");
     // Live #13 is queued right after the welcome, before the replay.
     first.respond(200, welcomePoll({ position: 12 }, [{ type: "chat", data: "#13", pos: 13 }]));
@@ -1071,7 +1079,8 @@ describe("Ajax session secret", () => {
     await flush();
     const first = h.http.take("/poll");
     assert.equal(first.sessionHeader, SECRET);
-    assert.deepEqual(first.query, { since: "0" });
+    assert.deepEqual(first.query, {});
+    assert.equal(first.since, "0");
     first.respond(200, welcomePoll());
     await flush();
     h.client.send("chat", "hi");
@@ -1083,7 +1092,8 @@ describe("Ajax session secret", () => {
     await flush();
     const poll = h.http.take("/poll");
     assert.equal(poll.sessionHeader, SECRET);
-    assert.deepEqual(poll.query, { since: "1" });
+    assert.deepEqual(poll.query, {});
+    assert.equal(poll.since, "1");
     h.client.close();
     await flush();
     const disconnect = h.http.take("/disconnect");

@@ -240,10 +240,28 @@ class Send(_SessionResource):
         return {"ok": True}
 
 
+#: The request header that carries a JSON poll's cursor.
+SINCE_HEADER = "X-AppServer-Since"
+
+
+def _poll_cursor(request: Request) -> str | None:
+    """
+    The C{since} of a poll: the C{X-AppServer-Since} header, else the
+    query. The JavaScript client uses the header, so that every poll of a
+    session has the same URL and the browser's CORS preflight cache (one
+    entry per URL) spares a preflight per poll.
+    """
+    header = request.getHeader(SINCE_HEADER.encode("ascii"))
+    if header is not None and jsonp_callback(request) is None:
+        return header.decode("latin-1")
+    return query_arg(request, "since")
+
+
 class Poll(_SessionResource):
     """
-    C{GET /poll?since=N} (session secret in C{X-AppServer-Session}, or
-    C{session=S&callback=} for JSONP): the long poll.
+    C{GET /poll} with the session secret in C{X-AppServer-Session} and
+    C{since} in C{X-AppServer-Since} (or the query), or
+    C{GET /poll?session=S&since=N&callback=} for JSONP: the long poll.
     """
 
     check_origin = False  # read-only: CORS headers decide who may read it
@@ -253,7 +271,7 @@ class Poll(_SessionResource):
         queue = session.queue
         assert queue is not None
         try:
-            since = int(query_arg(request, "since") or "0")
+            since = int(_poll_cursor(request) or "0")
         except ValueError:
             raise HTTPError(400, "bad_since", "since must be the position of the last poll answer") from None
         if not 0 <= since <= queue.last_seq:

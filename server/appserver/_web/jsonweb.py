@@ -290,7 +290,10 @@ class JSONResource(Resource):
             return encode(_error_body("origin_refused", "this origin may not use this server"))
         request.setResponseCode(204)
         request.setHeader(b"Access-Control-Allow-Methods", b", ".join(self.methods + (b"OPTIONS",)))
-        request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type, Authorization, X-AppServer-Session")
-        request.setHeader(b"Access-Control-Max-Age", b"600")
+        request.setHeader(b"Access-Control-Allow-Headers",
+                          b"Content-Type, Authorization, X-AppServer-Session, X-AppServer-Since")
+        # As long as browsers keep a preflight (Chromium: two hours): a
+        # session's requests are preflighted once per URL and per period.
+        request.setHeader(b"Access-Control-Max-Age", b"7200")
         request.setHeader(b"Allow", b", ".join(self.methods + (b"OPTIONS",)))
         return b""
