@@ -120,7 +120,8 @@ def build_service(settings: Settings, app: App, reactor: Any = None,
         from twisted.internet import reactor
     # Autobahn logs every frame at debug level, and twistd shows every
     # level: keep its chatter out of production logs.
-    txaio.set_global_log_level("info")
+    # txaio binds its API at run time (use_twisted()), so mypy cannot see it.
+    txaio.set_global_log_level("info")  # type: ignore[attr-defined]
     if events is None:
         events = MetricsEvents(process_metrics=True)
     runtime = build_runtime(settings, app, reactor, events=events)

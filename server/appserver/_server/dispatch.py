@@ -31,6 +31,10 @@ __all__ = ["Dispatcher", "RATE_LIMIT_CLOSE_CODE", "RATE_LIMIT_CLOSE_AFTER"]
 RATE_LIMIT_CLOSE_AFTER = 50
 RATE_LIMIT_CLOSE_CODE = 4001
 
+#: Module level with a fixed name: a class attribute would be named after
+#: its (private) module.
+_log = Logger(namespace="appserver.dispatch")
+
 
 def _require_object(data: Any, *fields: str) -> dict[str, Any]:
     if not isinstance(data, dict) or any(name not in data for name in fields):
@@ -43,8 +47,6 @@ class Dispatcher:
     """
     Runs handlers for one server. Transports call L{dispatch}.
     """
-
-    log = Logger()
 
     def __init__(self, tracker: ClientTracker, app: App, reactor: IReactorTime) -> None:
         self.tracker = tracker
@@ -112,14 +114,14 @@ class Dispatcher:
             self._handler_failed(client, envelope, Failure())
 
     def _async_failed(self, client: Client, envelope: Envelope, failure: Failure) -> None:
-        if failure.check(ProtocolError):
-            error = failure.value
+        error = failure.value
+        if isinstance(error, ProtocolError):
             self.reject(client, error.code, error.message, envelope.id)
         else:
             self._handler_failed(client, envelope, failure)
 
     def _handler_failed(self, client: Client, envelope: Envelope, failure: Failure) -> None:
-        self.log.failure("handler for {message_type!r} failed (client {client_id})", failure,
+        _log.failure("handler for {message_type!r} failed (client {client_id})", failure,
                          message_type=envelope.type, client_id=client.client_id)
         self.tracker.events.handler_error(envelope.type)
         self.reject(client, "handler_failed",

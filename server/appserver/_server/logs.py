@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime, timezone
-from typing import IO, Any, MutableMapping
+from typing import IO, Any, MutableMapping, cast
 
 import orjson
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
 from twisted.python.logfile import LogFile
 
@@ -110,7 +111,8 @@ def twistd_json_observer() -> ILogObserver:
         if not signal.getsignal(signal.SIGUSR1):
             def rotate(signal_number: int, frame: Any) -> None:
                 from twisted.internet import reactor
-                reactor.callFromThread(destination.rotate)
+                # Every Twisted reactor provides it; the global's static type omits it.
+                cast(IReactorFromThreads, reactor).callFromThread(destination.rotate)
             signal.signal(signal.SIGUSR1, rotate)
     return json_lines_observer(destination)
 

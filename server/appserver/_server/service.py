@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
@@ -47,10 +48,20 @@ def with_default_backlog(description: str) -> str:
     return description
 
 
+def _startup_hook_failed(failure: Failure, hook: Callable[..., Any]) -> None:
+    """
+    Log a startup hook's failure; the server starts anyway.
+    """
+    _log.failure("startup hook {hook} failed", failure, hook=getattr(hook, "__name__", hook))
+
+
 class SiteService(Service):
     """
     Listens on one endpoint with one site; knows its port once listening.
     """
+
+    #: Always set: C{__init__} names the service.
+    name: str
 
     def __init__(self, name: str, description: str, site: Any, reactor: Any,
                  on_listening: Callable[[str, IListeningPort], None]) -> None:
@@ -111,7 +122,10 @@ class AppServerService(MultiService):
         SiteService(name, description, site, self.reactor, self._listening).setServiceParent(self)
 
     def _listening(self, name: str, port: IListeningPort) -> None:
-        number = port.getHost().port
+        address = port.getHost()
+        # Sites listen on TCP endpoints (tcp:, tcp6:, ssl:), whose address has a port.
+        assert isinstance(address, (IPv4Address, IPv6Address))
+        number = address.port
         self.ports[name] = number
         self.runtime.own_ports.add(number)
         _log.info("appserver {site} site listening on port {port}", site=name, port=number)
@@ -127,9 +141,10 @@ class AppServerService(MultiService):
     # Life cycle -----------------------------------------------------------
 
     def startService(self) -> None:
-        if self._state_file():
+        state_file = self._state_file()
+        if state_file:
             # Before listening: the first client must already see the old epoch.
-            load_state(self.runtime.tracker, self.settings.state_file)
+            load_state(self.runtime.tracker, state_file)
         # Before listening too: a Redis backplane that cannot be reached stops
         # the start (BackplaneUnavailable says what to fix).
         self.runtime.tracker.backplane.start()
@@ -139,9 +154,7 @@ class AppServerService(MultiService):
             self._start_task(seconds, function)
         self._start_task(30.0, lambda _: tracker.sweep(), name="history sweep")
         for hook in self.app.startup:
-            defer.maybeDeferred(hook, tracker, self.reactor).addErrback(
-                lambda failure, hook=hook: _log.failure("startup hook {hook} failed", failure,
-                                                            hook=getattr(hook, "__name__", hook)))
+            defer.maybeDeferred(hook, tracker, self.reactor).addErrback(_startup_hook_failed, hook)
 
     def _start_task(self, seconds: float, function: Callable[[Any], Any], name: str | None = None) -> None:
         tracker = self.runtime.tracker
@@ -205,8 +218,9 @@ class AppServerService(MultiService):
                 yield defer.maybeDeferred(hook, tracker, self.reactor)
             except Exception:
                 _log.failure("shutdown hook failed")
-        if self._state_file():
-            save_state(tracker, self.settings.state_file)
+        state_file = self._state_file()
+        if state_file:
+            save_state(tracker, state_file)
         yield tracker.backplane.stop()
 
     def _state_file(self) -> str | None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -202,6 +203,7 @@ def _visitor(request: Request) -> Visitor:
 def _refused(failure: Failure) -> None:
     failure.trap(Refused)
     refused = failure.value
+    assert isinstance(refused, Refused)  # trap() re-raised anything else
     raise HTTPError(refused.status, refused.code, refused.message)
 
 
@@ -305,7 +307,7 @@ class Publish(JSONResource):
 
     methods = (b"POST",)
 
-    def handle(self, request: Request) -> dict[str, Any]:
+    def handle(self, request: Request) -> Deferred[dict[str, Any]]:
         self._authorize(request)
         body = _json_body(request)
         if not isinstance(body, dict) or "channel" not in body:

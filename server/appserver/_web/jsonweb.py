@@ -263,8 +263,8 @@ class JSONResource(Resource):
         def failed(failure: Failure) -> None:
             if finished:
                 return
-            if failure.check(HTTPError):
-                error = failure.value
+            error = failure.value
+            if isinstance(error, HTTPError):
                 body = self._error(request, callback, error.status, error.code, error.message)
             else:
                 _log.failure("Ajax endpoint {path} failed", failure, path=request.path.decode("latin-1"))

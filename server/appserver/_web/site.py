@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -27,11 +28,14 @@ class LimitedRequest(Request):
     _received = 0
 
     def handleContentChunk(self, data: bytes) -> None:
-        limit = getattr(self.channel.site, "max_body_size", None)
+        # Site.buildProtocol sets the channel's site; HTTPChannel does not declare it.
+        limit = getattr(self.channel.site, "max_body_size", None)  # type: ignore[attr-defined]
         self._received += len(data)
         if limit is not None and self._received > limit:
             if not self.too_large:
                 self.too_large = True
+                # gotLength() made the body's file before the first chunk.
+                assert self.content is not None
                 self.content.seek(0)
                 self.content.truncate()
             return
@@ -57,7 +61,7 @@ class LoggingSite(Site):
         self.max_body_size = max_body_size
         self.access_log = access_log
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         if not self.access_log:
             return
         _access_log.info(

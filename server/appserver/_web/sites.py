@@ -10,7 +10,7 @@ from the one runtime, so all sites share one tracker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.resource import Resource
@@ -113,7 +113,7 @@ class _WebSocketRoot(Resource):
     application's raw endpoints one segment below.
     """
 
-    def __init__(self, main: WebSocketResource, endpoints: dict[bytes, WebSocketResource]) -> None:
+    def __init__(self, main: WebSocketResource, endpoints: Mapping[bytes, WebSocketResource]) -> None:
         super().__init__()
         self.main = main
         self.endpoints = endpoints

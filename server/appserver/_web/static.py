@@ -66,8 +66,10 @@ class SafeFile(File):
 
     contentTypes = _CONTENT_TYPES
     defaultType = "application/octet-stream"
-    childNotFound = _NotFound()
-    forbidden = _NotFound()
+    # File documents both as any Resource (it only renders them), but mypy
+    # infers their types from the deprecated error pages File assigns.
+    childNotFound = _NotFound()  # type: ignore[assignment]
+    forbidden = _NotFound()  # type: ignore[assignment]
 
     def directoryListing(self) -> Resource:
         return self.childNotFound

@@ -14,13 +14,14 @@ L{TrackedProtocol} for raw frame protocols.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -39,7 +40,7 @@ _STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
-class _SendQueue(list):  # type: ignore[type-arg]
+class _SendQueue(list):
     """
     The part of C{collections.deque} Autobahn's send queue uses.
     """
@@ -176,9 +177,13 @@ class TrackedProtocol(WebSocketServerProtocol):
 
     # Handshake -----------------------------------------------------------
 
-    def onConnect(self, request: ConnectionRequest) -> Deferred[None]:
-        peer = self.transport.getPeer()
-        visitor = Visitor(transport="websocket", peer=self.peer, ip=getattr(peer, "host", self.peer),
+    # Autobahn accepts a Deferred here (its docstring says so); its annotation omits it.
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None]:  # type: ignore[override]
+        # Both are set on connection (connectionMade), before the handshake.
+        transport, peer = self.transport, self.peer
+        assert transport is not None and peer is not None
+        address = transport.getPeer()
+        visitor = Visitor(transport="websocket", peer=peer, ip=getattr(address, "host", peer),
                           origin=request.headers.get("origin"), host=request.headers.get("host"),
                           path=request.path, query=request.params, headers=dict(request.headers),
                           cookies=_cookies(request.headers.get("cookie", "")))
@@ -195,7 +200,9 @@ class TrackedProtocol(WebSocketServerProtocol):
             # The peer left while the application decided: open nothing.
             raise ConnectionDeny(403, "connection lost during authentication")
         failure.trap(Refused)
-        raise ConnectionDeny(failure.value.status, failure.value.message)
+        refused = failure.value
+        assert isinstance(refused, Refused)  # trap() re-raised anything else
+        raise ConnectionDeny(refused.status, refused.message)
 
     def onOpen(self) -> None:
         runtime = self.factory.runtime
@@ -216,17 +223,22 @@ class TrackedProtocol(WebSocketServerProtocol):
         """
         self.http_request_data = b""
         self.http_response_data = ""
-        self.http_headers = _NO_HEADERS
+        # A shared read-only mapping where Autobahn declares a dict: it never
+        # writes to the headers, only reads them.
+        self.http_headers = _NO_HEADERS  # type: ignore[assignment]
 
     def connectionMade(self) -> None:
         super().connectionMade()
         # Autobahn gives every connection a deque (about 760 bytes) for its
         # chopped and synchronous sends, which appserver never makes; a
         # list-backed queue costs a tenth of that and serves the same calls.
-        self.send_queue = _SendQueue()
+        # Not a deque, but it has every method Autobahn calls on one.
+        self.send_queue = _SendQueue()  # type: ignore[assignment]
 
     def _watch_backpressure(self, client: Client) -> None:
-        transport = self.transport
+        # Twisted's stream transports are consumers too, which ITransport
+        # does not declare; and the connection is open (onOpen).
+        transport = cast(IConsumer, self.transport)
         # Behind WebSocketResource the HTTP channel is still the transport's
         # producer; it is done, and only one producer may be registered.
         if getattr(transport, "producer", None) is not None:
@@ -243,7 +255,7 @@ class TrackedProtocol(WebSocketServerProtocol):
 
     # End, however it happens ----------------------------------------------
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         admitting = self._admitting
         if admitting is not None:
             # Still deciding (an authentication hook): stop, and give the
@@ -303,7 +315,8 @@ class _PreciseTimer:
     __slots__ = ()
 
     def call_later(self, delay: float, function: Any, *args: Any, **kwargs: Any) -> "_TimerCall":
-        return _TimerCall(txaio.call_later(delay, function, *args, **kwargs))
+        # txaio binds its API at run time (use_twisted()), so mypy cannot see it.
+        return _TimerCall(txaio.call_later(delay, function, *args, **kwargs))  # type: ignore[attr-defined]
 
 
 class _TimerCall:
@@ -364,7 +377,9 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
         options: dict[str, Any] = {
             name: staticmethod(value) if callable(value) else value
             for name, value in ((name, getattr(self, name)) for name in protocol.CONFIG_ATTRS)}
-        self.protocol = type(protocol.__name__, (protocol,), {**options, "CONFIG_ATTRS": ()})
+        # type() makes a subclass of protocol, which mypy cannot tell from its arguments.
+        self.protocol = cast("type[TrackedProtocol]",
+                             type(protocol.__name__, (protocol,), {**options, "CONFIG_ATTRS": ()}))
 
 
 def _cookies(header: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ is buffered in front of them (L{send_now}). Measured in docs/performance.md.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from twisted.internet.tcp import Server as _TCPServer
 
@@ -86,10 +86,12 @@ class WriteCoalescer(EndOfTurn):
         self._joined_frames, self._joined = None, b""
 
 
-def has_backlog(transport: Any) -> bool:
+def has_backlog(transport: Any) -> TypeGuard[_TCPServer]:
     """
     Whether a plain TCP transport still holds unsent bytes (other transports
     are treated as never behind: they always go through C{write}).
+
+    @return: C{True} only for a plain TCP transport (hence the type guard).
     """
     return type(transport) is _TCPServer and (
         transport.offset != len(transport.dataBuffer) or bool(transport._tempDataLen))
