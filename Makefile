@@ -30,8 +30,20 @@ typecheck:
 test-python:
 	$(PYTHON) -m pytest -q
 
-test-js:
-	node --test tests/js/
+test-js: js-check
+	JS_TOOLS_REQUIRED=1 node --test tests/js/
+
+# The browser client (js/): sources in js/src, the generated files committed.
+# Only these targets need npm; the server and its users never do.
+.PHONY: js-deps js-build js-check
+js-deps:
+	npm ci --prefix js --no-audit --no-fund --loglevel=error
+
+js-build: js-deps
+	node js/build.mjs
+
+js-check: js-deps
+	node js/build.mjs --check
 
 bench: install
 	$(PIP) install -q -r bench/requirements.txt

@@ -1,86 +1,33 @@
-/**
- * appserver browser client.
- *
- * One API over two transports (WebSocket, and Ajax long polling in JSON or
- * JSONP), with automatic fallback between them, reconnection with jittered
- * exponential backoff, recovery of the messages missed while away, a bounded
- * offline send buffer, request/reply, channels and rooms.
- *
- * Plain page: `<script src="/js/appserver.js"></script>` defines
- * `window.AppServer` (and `$.appserver(options)` when jQuery was loaded
- * first). CommonJS and AMD loaders get the same object as the module value.
- * No dependencies, no build step.
- *
- * The wire protocol is docs/protocol.md; the API reference is docs/client.md.
+/*!
+ * appserver-client 0.1.0: the browser client as a plain script (window.AppServer).
+ * Generated from js/src/ by js/build.mjs (rollup): do not edit; edit the
+ * sources and run `make js-build`. API: docs/client.md; wire protocol: docs/protocol.md.
  */
-(function (root, factory) {
-  "use strict";
-  var AppServer = factory(root);
-  if (typeof module === "object" && module && module.exports) {
-    module.exports = AppServer;
-  } else if (typeof define === "function" && define.amd) {
-    define([], function () { return AppServer; });
-  } else {
-    root.AppServer = AppServer;
-  }
-  var jQuery = root.jQuery;
-  if (typeof jQuery === "function" && !jQuery.appserver) {
-    jQuery.appserver = function (options) { return AppServer.connect(options); };
-  }
-}(typeof globalThis !== "undefined" ? globalThis : typeof self !== "undefined" ? self : this, function (root) {
-  "use strict";
+(function (global, factory) {
+  typeof exports === 'object' && typeof module !== 'undefined' ? module.exports = factory() :
+  typeof define === 'function' && define.amd ? define(factory) :
+  (global = typeof globalThis !== 'undefined' ? globalThis : global || self, global.AppServer = factory());
+})(this, (function () { 'use strict';
 
+  /**
+   * The client's `readyState` values: the numbers a WebSocket uses, so a page
+   * can treat a client like one.
+   */
   const CONNECTING = 0;
   const OPEN = 1;
   const CLOSING = 2;
   const CLOSED = 3;
 
-  const TRANSPORTS = ["websocket", "ajax"];
-
-  /** A connection that stayed open this long resets the backoff counter. */
-  const STABLE_AFTER_MS = 5000;
-
-  /** Failures without ever opening before leaving a transport that once worked. */
-  const FALLBACK_AFTER_FAILURES = 3;
-
-  const DEFAULT_RECONNECT = Object.freeze({initialDelay: 500, maxDelay: 10000, maxRetries: Infinity});
-
-  const DEFAULTS = Object.freeze({
-    transports: TRANSPORTS,
-    ajaxMode: "json",
-    connectTimeout: 5000,
-    requestTimeout: 10000,
-    ajaxTimeout: 10000,
-    pollTimeout: 40000,
-    heartbeatInterval: 20000,
-    staleTimeout: 10000,
-    maxBufferedSends: 100,
-    reloadInterval: 0,
-    reloadUrl: "/get_client_count",
-  });
+  /** The transports a client knows, in their default order of preference. */
+  const TRANSPORTS = Object.freeze(["websocket", "ajax"]);
 
   /**
-   * Envelopes addressed to this connection alone. Their `pos`, if a server
-   * ever adds one, is not a stream position: they are never dropped as
-   * duplicates and never move the recovery mark.
+   * The errors the client rejects promises with and reports in `error`
+   * events: plain Errors with a protocol-style `code` (docs/protocol.md,
+   * "Error codes"), so an application switches on `error.code`.
    */
-  const UNPOSITIONED_TYPES = new Set([
-    "welcome", "resumed", "reply", "error", "pong", "subscribed", "unsubscribed", "members", "reconnect",
-  ]);
 
-  /**
-   * The request header that carries an Ajax session's secret on JSON requests
-   * (JSONP requests, which cannot set headers, carry it as `session=`).
-   */
-  const SESSION_HEADER = "X-AppServer-Session";
-  /** The poll cursor of a JSON request (JSONP sends `since=` in the query). */
-  const SINCE_HEADER = "X-AppServer-Since";
-
-  function noop() {}
-
-  /**
-   * An Error with a protocol-style `code` (see docs/protocol.md, "Error codes").
-   */
+  /** An Error with a `code`, and any `extra` fields copied onto it. */
   function appError(code, message, extra) {
     const error = new Error(message || code);
     error.code = code;
@@ -91,7 +38,8 @@
   }
 
   /**
-   * An error answer of the Ajax site. `sessionLost` means: connect again.
+   * An error answer of the Ajax site, with its HTTP `status`. `sessionLost`
+   * means the session is gone (expired, or the secret is unknown): connect again.
    */
   function ajaxError(code, message, status) {
     const error = appError(code, message, {status: status});
@@ -99,8 +47,15 @@
     return error;
   }
 
+  /**
+   * Handlers by event name, for the client's envelopes and lifecycle events.
+   * Like a DOM EventTarget, a handler that throws stops neither the other
+   * handlers nor the client: its error is reported and the dispatch goes on.
+   */
+
+  /** Report a handler's exception the way the page reports uncaught ones. */
   function reportHandlerError(error) {
-    // A throwing handler must not stop the others nor the client itself.
+    const root = globalThis;
     if (typeof root.reportError === "function") {
       root.reportError(error);
     } else if (root.console && typeof root.console.error === "function") {
@@ -108,9 +63,222 @@
     }
   }
 
+  /** A name for something the caller must give: a non-empty string. */
+  function requireName(value, what) {
+    if (typeof value !== "string" || !value) {
+      throw new TypeError(what + " must be a non-empty string");
+    }
+  }
+
+  class Emitter {
+    constructor() {
+      this._handlers = Object.create(null);
+    }
+
+    /**
+     * Call `handler` for every envelope of `type` (with `(data, envelope)`),
+     * or for a lifecycle event: open, close, error, reconnecting, recovery,
+     * transport, reload.
+     */
+    on(type, handler) {
+      return this._addHandler(type, handler, false);
+    }
+
+    /** Like `on`, for the next event only. */
+    once(type, handler) {
+      return this._addHandler(type, handler, true);
+    }
+
+    /** Remove `handler` from `type`, or every handler of `type` when none is given. */
+    off(type, handler) {
+      const list = this._handlers[type];
+      if (list) {
+        if (handler === undefined) {
+          delete this._handlers[type];
+        } else {
+          this._handlers[type] = list.filter(function (entry) { return entry.fn !== handler; });
+        }
+      }
+      return this;
+    }
+
+    _addHandler(type, handler, once) {
+      requireName(type, "the event type");
+      if (typeof handler !== "function") {
+        throw new TypeError("the handler must be a function");
+      }
+      (this._handlers[type] = this._handlers[type] || []).push({fn: handler, once: once});
+      return this;
+    }
+
+    /**
+     * Run the handlers of `type` registered when the event starts, skipping
+     * those an earlier handler removed; each runs with `this` the emitter.
+     */
+    _emit(type, data, envelope) {
+      const list = this._handlers[type];
+      if (!list || !list.length) {
+        return;
+      }
+      for (const entry of list.slice()) {
+        const current = this._handlers[type];
+        if (!current || current.indexOf(entry) < 0) {
+          continue; // Removed by an earlier handler of this same event.
+        }
+        if (entry.once) {
+          this._handlers[type] = current.filter(function (other) { return other !== entry; });
+        }
+        try {
+          entry.fn.call(this, data, envelope);
+        } catch (error) {
+          reportHandlerError(error);
+        }
+      }
+    }
+  }
+
+  /**
+   * Reconnect delays: exponential, capped, with "full jitter" drawn anew for
+   * every attempt, so that thousands of clients dropped at once by a server
+   * restart do not come back at the same instant.
+   */
+
+  /** A connection that stayed open this long resets the attempt counter. */
+  const STABLE_AFTER_MS = 5000;
+
+  const DEFAULT_RECONNECT = Object.freeze({initialDelay: 500, maxDelay: 10000, maxRetries: Infinity});
+
+  class Backoff {
+    /**
+     * @param {{initialDelay: number, maxDelay: number, maxRetries: number}|false} policy
+     *   `false`: the client never reconnects, and this only counts.
+     * @param {function(): number} random a source in [0, 1)
+     */
+    constructor(policy, random) {
+      this.policy = policy;
+      this._random = random;
+      /** Delays drawn since the last stable connection. */
+      this.attempt = 0;
+    }
+
+    /** Whether `maxRetries` delays were drawn already. */
+    get exhausted() {
+      return !this.policy || this.attempt >= this.policy.maxRetries;
+    }
+
+    /** The delay before the next attempt: random in [0, min(maxDelay, initialDelay * 2^attempt)). */
+    next() {
+      const policy = this.policy;
+      const cap = Math.min(policy.maxDelay, policy.initialDelay * Math.pow(2, this.attempt));
+      this.attempt += 1;
+      return Math.floor(this._random() * cap);
+    }
+
+    /** Start counting again (a connection stayed up, or the page called open()). */
+    reset() {
+      this.attempt = 0;
+    }
+  }
+
+  /**
+   * Which transport to try next. The client moves on to the next transport
+   * at once when one does not exist or fails before opening; once a transport
+   * has worked, reconnects stay on it until it fails
+   * FALLBACK_AFTER_FAILURES times in a row without opening.
+   */
+
+  /** Failures without ever opening before leaving a transport that once worked. */
+  const FALLBACK_AFTER_FAILURES = 3;
+
+  class TransportChoice {
+    /** @param {string[]} names the transports to try, in order */
+    constructor(names) {
+      this.names = names;
+      /** Index in `names` of the transport tried last (or to try next). */
+      this.index = 0;
+      this._strikes = 0;
+      this._worked = new Set();
+      this._tried = new Set();
+      this._unavailable = new Set();
+    }
+
+    /** The transport at `index`. */
+    get current() {
+      return this.names[this.index];
+    }
+
+    /** Start again from the first transport (the page called open()). */
+    restart() {
+      this.index = 0;
+      this._strikes = 0;
+      this._tried.clear();
+    }
+
+    /** The transport to try now, marked as tried; null when none is usable. */
+    pick() {
+      const index = this._firstAvailable(this.index);
+      if (index < 0) {
+        return null;
+      }
+      this.index = index;
+      this._tried.add(this.names[index]);
+      return this.names[index];
+    }
+
+    /** This browser lacks `name` (no WebSocket): never try it again. */
+    markUnavailable(name) {
+      this._unavailable.add(name);
+    }
+
+    /** `name` opened: stay on it. */
+    markOpened(name) {
+      this._worked.add(name);
+      this._tried.clear();
+      this._strikes = 0;
+    }
+
+    /**
+     * The current transport failed before opening. Returns `"next"` to try
+     * the next transport at once (it was not tried since the last success),
+     * `"wait"` to try again after a backoff delay, or `"none"` when no
+     * transport is usable.
+     */
+    failedBeforeOpen() {
+      const name = this.names[this.index];
+      this._strikes += 1;
+      const limit = this._worked.has(name) ? FALLBACK_AFTER_FAILURES : 1;
+      if (this._unavailable.has(name) || this._strikes >= limit) {
+        this._strikes = 0;
+        const next = this._firstAvailable((this.index + 1) % this.names.length);
+        if (next < 0) {
+          return "none";
+        }
+        this.index = next;
+        if (!this._tried.has(this.names[next])) {
+          return "next";
+        }
+      }
+      return "wait";
+    }
+
+    _firstAvailable(from) {
+      const names = this.names;
+      for (let i = 0; i < names.length; i++) {
+        const index = (from + i) % names.length;
+        if (!this._unavailable.has(names[index])) {
+          return index;
+        }
+      }
+      return -1;
+    }
+  }
+
+  /** The few URL manipulations the client needs, without `URL` (old browsers, odd bases). */
+
+  /** `url` with `params` appended as a query; `undefined` and `null` values are left out. */
   function withQuery(url, params) {
     const parts = [];
-    Object.keys(params).forEach(function (key) {
+    Object.keys(params || {}).forEach(function (key) {
       const value = params[key];
       if (value !== undefined && value !== null) {
         parts.push(encodeURIComponent(key) + "=" + encodeURIComponent(String(value)));
@@ -128,6 +296,7 @@
     return end < 0 ? url : url.slice(0, end);
   }
 
+  /** An absolute URL as is; a path, relative to `base`. */
   function resolveUrl(url, base) {
     if (/^[a-z][a-z0-9+.-]*:|^\/\//i.test(url)) {
       return url;
@@ -135,52 +304,36 @@
     return base + (url.charAt(0) === "/" ? "" : "/") + url;
   }
 
-  function requireName(value, what) {
-    if (typeof value !== "string" || !value) {
-      throw new TypeError(what + " must be a non-empty string");
-    }
-  }
-
-  function mergeDefined(defaults, options) {
-    const merged = Object.assign({}, defaults);
-    Object.keys(options).forEach(function (key) {
-      if (options[key] !== undefined) {
-        merged[key] = options[key];
-      }
-    });
-    return merged;
-  }
-
-  function normalizeTransports(options) {
-    if (options.websockets === false) {
-      return ["ajax"];
-    }
-    const list = Array.isArray(options.transports) ? options.transports.slice() : [options.transports];
-    if (!list.length || list.some(function (name) { return TRANSPORTS.indexOf(name) < 0; })) {
-      throw new TypeError("transports must list some of " + TRANSPORTS.join(", "));
-    }
-    return list;
-  }
-
-  // JSONP ------------------------------------------------------------------
+  /**
+   * JSONP: a script tag whose answer calls a named function. It works across
+   * origins without CORS, on browsers and networks where fetch cannot.
+   */
 
   /**
-   * Callbacks of JSONP requests in flight, reachable as `AppServer._jsonp.NAME`
-   * so that the page gets no global besides `AppServer`.
+   * Callbacks of JSONP requests in flight. The plain-script build exposes this
+   * table as `AppServer._jsonp`, so a page gets no global besides `AppServer`.
    */
   const jsonpCallbacks = Object.create(null);
+
   const jsonpPrefix = "appserver" + String(Math.random()).replace(/\D/g, "").slice(0, 12);
   let jsonpNonce = Date.now();
 
+  /** Whether the page global `AppServer` is the object that exposes this table. */
+  function namespacedOnPage() {
+    const page = globalThis.AppServer;
+    return !!page && page._jsonp === jsonpCallbacks;
+  }
+
   /**
    * Register a JSONP callback under a fresh name shaped like jQuery's
-   * (`prefix_nonce`). When this file is not `window.AppServer` (an AMD or
-   * CommonJS load), the callback has to be a global of its own.
+   * (`prefix_nonce`). When this module is not reachable as `window.AppServer`
+   * (an import, or a CommonJS or AMD load), the callback has to be a global of
+   * its own.
    */
   function registerCallback(fn) {
     const name = jsonpPrefix + "_" + (jsonpNonce++);
-    const namespaced = root.AppServer === AppServer;
-    const slots = namespaced ? jsonpCallbacks : root;
+    const namespaced = namespacedOnPage();
+    const slots = namespaced ? jsonpCallbacks : globalThis;
     slots[name] = fn;
     return {
       name: namespaced ? "AppServer._jsonp." + name : name,
@@ -198,6 +351,7 @@
   /**
    * Load `url` as a script with a `callback=` parameter; resolves with the
    * value passed to the callback. The returned promise has an `abort()`.
+   * Error messages leave the query out: it may hold the session secret.
    */
   function loadJsonp(doc, timers, url, timeoutMs) {
     let finish = null;
@@ -244,6 +398,21 @@
   }
 
   /**
+   * The HTTP side of a client: JSON over fetch (CORS) or JSONP, per `ajaxMode`.
+   * Every method returns a promise with an `abort()` method.
+   */
+
+  /**
+   * The request header that carries an Ajax session's secret on JSON requests
+   * (JSONP requests, which cannot set headers, carry it as `session=`).
+   */
+  const SESSION_HEADER = "X-AppServer-Session";
+  /** The poll cursor of a JSON request (JSONP sends `since=` in the query). */
+  const SINCE_HEADER = "X-AppServer-Since";
+
+  function noop$2() {}
+
+  /**
    * Turn an Ajax answer into its value, or throw the error it carries.
    * JSONP errors arrive with HTTP 200 and the real status inside.
    */
@@ -264,13 +433,17 @@
     return promise;
   }
 
-  /**
-   * The HTTP side of a client: JSON over fetch (CORS) or JSONP, per `ajaxMode`.
-   * Every method returns a promise with an `abort()` method.
-   */
   class Http {
-    constructor(client) {
-      this._client = client;
+    /**
+     * @param {{baseUrl: string, mode: string, fetch: Function|null, document: Object|null, timers: Object}} env
+     *   `baseUrl` is the Ajax site, `mode` `"json"` or `"jsonp"`.
+     */
+    constructor(env) {
+      this._baseUrl = env.baseUrl;
+      this._mode = env.mode;
+      this._fetch = env.fetch;
+      this._doc = env.document;
+      this._timers = env.timers;
     }
 
     /**
@@ -282,10 +455,9 @@
      * the `session` query parameter.
      */
     endpoint(name, session, params, envelope, timeoutMs) {
-      const client = this._client;
-      const url = client.ajaxUrl + "/" + name;
+      const url = this._baseUrl + "/" + name;
       const hasSession = session !== null && session !== undefined;
-      if (client._opts.ajaxMode === "jsonp") {
+      if (this._mode === "jsonp") {
         const query = Object.assign(hasSession ? {session: session} : {}, params);
         if (envelope !== undefined) {
           query.msg = JSON.stringify(envelope);
@@ -314,23 +486,23 @@
 
     /** GET a URL that answers JSON, in the client's Ajax mode. */
     get(url, timeoutMs) {
-      if (this._client._opts.ajaxMode === "jsonp") {
+      if (this._mode === "jsonp") {
         return this.jsonp(url, timeoutMs);
       }
       return this.fetchJson(url, "GET", undefined, timeoutMs);
     }
 
+    /** GET a URL by JSONP, whatever the mode. */
     jsonp(url, timeoutMs) {
-      const client = this._client;
-      const request = loadJsonp(client._doc, client._timers, url, timeoutMs);
+      const request = loadJsonp(this._doc, this._timers, url, timeoutMs);
       return withAbort(request.then(function (value) { return checkAnswer(value, 200); }), request);
     }
 
     fetchJson(url, method, body, timeoutMs, headers) {
-      const client = this._client;
-      const fetchImpl = client._fetch;
+      const timers = this._timers;
+      const fetchImpl = this._fetch;
       if (typeof fetchImpl !== "function") {
-        return withAbort(Promise.reject(appError("unsupported", "no fetch() in this browser")), {abort: noop});
+        return withAbort(Promise.reject(appError("unsupported", "no fetch() in this browser")), {abort: noop$2});
       }
       const controller = new AbortController();
       let failure = null;
@@ -338,7 +510,7 @@
         failure = failure || error;
         controller.abort();
       };
-      const timer = client._timers.timeout(function () {
+      const timer = timers.timeout(function () {
         abort(appError("timeout", method + " " + url + " took more than " + timeoutMs + " ms", {status: 0}));
       }, timeoutMs);
       const init = {method: method, signal: controller.signal, cache: "no-store"};
@@ -365,10 +537,10 @@
           });
         })
         .then(function (value) {
-          client._timers.clear(timer);
+          timers.clear(timer);
           return value;
         }, function (error) {
-          client._timers.clear(timer);
+          timers.clear(timer);
           if (failure) {
             throw failure;
           }
@@ -381,86 +553,317 @@
     }
   }
 
-  // Transports -------------------------------------------------------------
+  /**
+   * Liveness of a WebSocket: a TCP connection can die without either side
+   * noticing for minutes. After `interval` ms with no incoming traffic, ping;
+   * if still nothing arrives within `staleTimeout` ms, the connection is dead.
+   * (On Ajax the long poll itself is the liveness signal.)
+   */
+  class Liveness {
+    /**
+     * @param {Object} timers
+     * @param {number} interval ms of silence before a ping
+     * @param {number} staleTimeout ms after a ping before `dead()`
+     * @param {{silent: function(): void, ping: function(): void, dead: function(): void}} owner
+     *   `silent`: the interval passed with no traffic (the owner decides whether to probe);
+     *   `ping`: send a ping; `dead`: no traffic came back in time.
+     */
+    constructor(timers, interval, staleTimeout, owner) {
+      this._timers = timers;
+      this._interval = interval;
+      this._staleTimeout = staleTimeout;
+      this._owner = owner;
+      this._heartbeatTimer = null;
+      this._staleTimer = null;
+    }
+
+    /** Traffic arrived: the connection is alive; ping again after the next silence. */
+    touch() {
+      const timers = this._timers;
+      timers.clear(this._staleTimer);
+      this._staleTimer = null;
+      timers.clear(this._heartbeatTimer);
+      this._heartbeatTimer = timers.set(() => {
+        this._heartbeatTimer = null;
+        this._owner.silent();
+      }, this._interval);
+    }
+
+    /** Ping now, and declare the connection dead if nothing comes back in time. */
+    probe() {
+      this._owner.ping();
+      if (this._staleTimer === null) {
+        this._staleTimer = this._timers.timeout(() => {
+          this._staleTimer = null;
+          this._owner.dead();
+        }, this._staleTimeout);
+      }
+    }
+
+    stop() {
+      this._timers.clear(this._heartbeatTimer);
+      this._timers.clear(this._staleTimer);
+      this._heartbeatTimer = this._staleTimer = null;
+    }
+  }
 
   /**
-   * One WebSocket: frames in and out as envelopes. The first `welcome` is the
-   * end of the handshake; everything else goes to the client as it comes.
+   * The client's options: defaults, checks, and the URLs derived from
+   * `window.AppServerConfig` or the page's location. Globals are read when a
+   * client is made, never when the module loads.
    */
-  class WebSocketConnection {
-    constructor(client, WebSocketImpl, url) {
-      this.name = "websocket";
-      this._client = client;
-      this._welcomed = false;
-      const socket = this._socket = new WebSocketImpl(url);
-      socket.onmessage = (event) => this._receive(event.data);
-      // Every error is followed by a close event: that is where the client learns.
-      socket.onerror = noop;
-      socket.onclose = (event) => this._client._lost(this, {
-        code: event.code, reason: event.reason, wasClean: event.wasClean,
-      });
+
+  const DEFAULTS = Object.freeze({
+    transports: TRANSPORTS,
+    ajaxMode: "json",
+    connectTimeout: 5000,
+    requestTimeout: 10000,
+    ajaxTimeout: 10000,
+    pollTimeout: 40000,
+    heartbeatInterval: 20000,
+    staleTimeout: 10000,
+    maxBufferedSends: 100,
+    reloadInterval: 0,
+    reloadUrl: "/get_client_count",
+  });
+
+  function mergeDefined(defaults, options) {
+    const merged = Object.assign({}, defaults);
+    Object.keys(options).forEach(function (key) {
+      if (options[key] !== undefined) {
+        merged[key] = options[key];
+      }
+    });
+    return merged;
+  }
+
+  function normalizeTransports(options) {
+    if (options.websockets === false) {
+      return ["ajax"];
+    }
+    const list = Array.isArray(options.transports) ? options.transports.slice() : [options.transports];
+    if (!list.length || list.some(function (name) { return TRANSPORTS.indexOf(name) < 0; })) {
+      throw new TypeError("transports must list some of " + TRANSPORTS.join(", "));
+    }
+    return list;
+  }
+
+  /**
+   * Check `options` and fill in the defaults.
+   *
+   * @returns {{opts: Object, url: string, ajaxUrl: string, reloadUrl: (string|null)}}
+   *   `opts.reconnect` is the full policy or `false`; `reloadUrl` is set only
+   *   in polling-refresh mode.
+   * @throws {TypeError} for unknown transports or Ajax mode
+   */
+  function resolveOptions(options) {
+    const root = globalThis;
+    const opts = mergeDefined(DEFAULTS, options);
+    const config = root.AppServerConfig && typeof root.AppServerConfig === "object" ? root.AppServerConfig : {};
+    const location = options.location || root.location || null;
+    const secure = !!location && location.protocol === "https:";
+    const host = (location && location.hostname) || "localhost";
+
+    const url = options.url || config.wsUrl || (secure ? "wss://" : "ws://") + host + ":9002/";
+    const ajaxUrl = String(options.ajaxUrl || config.ajaxUrl || (secure ? "https://" : "http://") + host + ":9001")
+      .replace(/\/+$/, "");
+
+    opts.transports = normalizeTransports(opts);
+    if (opts.ajaxMode !== "json" && opts.ajaxMode !== "jsonp") {
+      throw new TypeError('ajaxMode must be "json" or "jsonp"');
+    }
+    opts.reconnect = opts.reconnect === false ? false
+      : mergeDefined(DEFAULT_RECONNECT, typeof opts.reconnect === "object" && opts.reconnect ? opts.reconnect : {});
+    const reloadUrl = opts.reloadInterval > 0 ? resolveUrl(opts.reloadUrl, ajaxUrl) : null;
+    return {opts: opts, url: url, ajaxUrl: ajaxUrl, reloadUrl: reloadUrl};
+  }
+
+  /**
+   * Recovery positions: the server's epoch, the highest stream position
+   * delivered to the application, and, while a resume runs, the live
+   * messages held back until the replay of what was missed is done. This is
+   * what lets the client deliver every broadcast once and in order across
+   * reconnects.
+   */
+
+  /**
+   * Envelopes addressed to this connection alone. Their `pos`, if a server
+   * ever adds one, is not a stream position: they are never dropped as
+   * duplicates and never move the recovery mark.
+   */
+  const UNPOSITIONED_TYPES = new Set([
+    "welcome", "resumed", "reply", "error", "pong", "subscribed", "unsubscribed", "members", "reconnect",
+  ]);
+
+  /** Whether `envelope` has a place in the stream (and so may be a duplicate). */
+  function isPositioned(envelope) {
+    return typeof envelope.pos === "number" && !UNPOSITIONED_TYPES.has(envelope.type);
+  }
+
+  class Recovery {
+    constructor() {
+      this.epoch = null;
+      /** The highest position delivered, or null before any. */
+      this.lastPos = null;
+      /** During a resume: `{connectedAt, held, timer}`. */
+      this.resume = null;
     }
 
-    start() {}
-
-    _receive(raw) {
-      const client = this._client;
-      client._touch(this);
-      if (typeof raw !== "string") {
-        return; // Binary frames are not part of the protocol.
+    /**
+     * A connection was welcomed. Returns whether it resumes an earlier one,
+     * with the epoch and position to resume from, and the stream position
+     * the new connection starts at.
+     */
+    welcome(welcome) {
+      const resuming = this.epoch !== null;
+      const previousEpoch = this.epoch;
+      const since = this.lastPos === null ? 0 : this.lastPos;
+      const position = typeof welcome.position === "number" ? welcome.position : null;
+      if (!resuming || welcome.epoch !== previousEpoch) {
+        // A new stream of positions: everything after the current one is new.
+        this.lastPos = position;
       }
-      let envelope;
-      try {
-        envelope = JSON.parse(raw);
-      } catch (error) {
-        client._protocolError(this, "bad_json", "the server sent a frame that is not JSON");
-        return;
+      if (welcome.epoch !== undefined && welcome.epoch !== null) {
+        this.epoch = welcome.epoch;
       }
-      if (!this._welcomed && envelope && envelope.type === "welcome") {
-        this._welcomed = true;
-        client._onHandshake(this, envelope);
-        return;
-      }
-      client._onEnvelope(this, envelope);
+      return {resuming: resuming, previousEpoch: previousEpoch, since: since, position: position};
     }
 
-    send(envelope) {
-      if (this._socket.readyState !== OPEN) {
-        return false;
+    /** Hold live messages after `position` until finishResume(); `timer` is the caller's deadline. */
+    startResume(position, timer) {
+      this.resume = {connectedAt: position, held: [], timer: timer};
+    }
+
+    /** Keep `envelope` for after the replay when it is live traffic; true if held. */
+    hold(envelope) {
+      const resume = this.resume;
+      if (resume && resume.connectedAt !== null && envelope.pos > resume.connectedAt) {
+        resume.held.push(envelope);
+        return true;
       }
-      this._socket.send(JSON.stringify(envelope));
+      return false;
+    }
+
+    /** Record a positioned envelope as delivered; false for one delivered already. */
+    advance(envelope) {
+      if (this.lastPos !== null && envelope.pos <= this.lastPos) {
+        return false; // A replay overlapping live traffic.
+      }
+      this.lastPos = envelope.pos;
       return true;
     }
 
-    close() {
-      const socket = this._socket;
-      socket.onmessage = socket.onclose = socket.onerror = null;
-      try {
-        socket.close(1000);
-      } catch (error) {
-        // Already closing or closed.
+    /** End the resume; returns it (its `held` sorted by position), or null if none ran. */
+    finishResume() {
+      const resume = this.resume;
+      this.resume = null;
+      if (resume) {
+        resume.held.sort(function (a, b) { return a.pos - b.pos; });
+      }
+      return resume;
+    }
+  }
+
+  /**
+   * The offline send buffer: what the page sends while the client is not
+   * open waits here, in order, up to a bound. When full, the oldest goes
+   * (unlike reconnecting-websocket's unbounded queue).
+   */
+  class SendBuffer {
+    /** @param {number} limit how many envelopes it holds at most (negative counts as 0) */
+    constructor(limit) {
+      this.limit = Math.max(0, limit);
+      this._items = [];
+    }
+
+    get length() {
+      return this._items.length;
+    }
+
+    push(envelope) {
+      this._items.push(envelope);
+    }
+
+    /** Put envelopes back in front, in their order (sends a lost connection never made). */
+    prepend(envelopes) {
+      this._items = envelopes.concat(this._items);
+    }
+
+    shift() {
+      return this._items.shift();
+    }
+
+    unshift(envelope) {
+      this._items.unshift(envelope);
+    }
+
+    /** Forget the request with this id (it was settled before it was sent). */
+    removeId(id) {
+      this._items = this._items.filter(function (envelope) { return envelope.id !== id; });
+    }
+
+    clear() {
+      this._items = [];
+    }
+
+    /** Drop the oldest envelopes past the bound, calling `dropped(envelope)` for each as it goes. */
+    trim(dropped) {
+      while (this._items.length > this.limit) {
+        dropped(this._items.shift());
       }
     }
   }
 
   /**
-   * One Ajax session: `connect`, then a loop of long polls, and sends
-   * serialized one at a time so the server sees them in order.
+   * The client's clock: injected `setTimeout`/`clearTimeout` (tests use a
+   * fake clock), else the page's own, looked up when used so that importing
+   * this module touches no browser global.
+   */
+  function makeTimers(setTimer, clearTimer) {
+    return {
+      set: function (fn, ms) { return setTimer ? setTimer(fn, ms) : globalThis.setTimeout(fn, ms); },
+      /** A deadline: none at all for 0, a negative value or Infinity (a browser would fire at once). */
+      timeout: function (fn, ms) { return ms > 0 && ms < 2147483648 ? this.set(fn, ms) : null; },
+      clear: function (id) {
+        if (id !== null && id !== undefined) {
+          if (clearTimer) {
+            clearTimer(id);
+          } else {
+            globalThis.clearTimeout(id);
+          }
+        }
+      },
+    };
+  }
+
+  /**
+   * The Ajax transport: one session on the Ajax site (`connect`, then a loop
+   * of long polls), with sends serialized one at a time so the server sees
+   * them in order. It reports to its owner like the WebSocket transport.
    *
    * The connect answer's `session` is a secret that authenticates this
-   * session's requests (see Http.endpoint); it is never the client id, which
-   * is public and comes from the `welcome` (or the answer's `client_id`).
+   * session's requests (see Http.endpoint); it stays inside this object and
+   * is never the client id, which is public and comes from the `welcome` (or
+   * the answer's `client_id`).
    *
-   * The handshake ends with the first poll: the server queued a `welcome`
-   * at connect, and only that envelope carries the stream position the
-   * session started at (the connect answer's `position` is the session's
-   * own cursor).
+   * The handshake ends with the first poll: the server queued a `welcome` at
+   * connect, and only that envelope carries the stream position the session
+   * started at (the connect answer's `position` is the session's own cursor).
    */
+
+  function noop$1() {}
+
   class AjaxConnection {
-    constructor(client) {
+    /**
+     * @param {Object} owner the client
+     * @param {import("../http.js").Http} http
+     * @param {{connectTimeout: number, pollTimeout: number, ajaxTimeout: number}} timeouts
+     */
+    constructor(owner, http, timeouts) {
       this.name = "ajax";
-      this._client = client;
-      this._http = client._http;
+      this._owner = owner;
+      this._http = http;
+      this._timeouts = timeouts;
       this._session = null;
       this._connectAnswer = null;
       this._welcomed = false;
@@ -472,8 +875,7 @@
     }
 
     start() {
-      const client = this._client;
-      this._track(this._http.endpoint("connect", null, {}, undefined, client._opts.connectTimeout))
+      this._track(this._http.endpoint("connect", null, {}, undefined, this._timeouts.connectTimeout))
         .then((answer) => {
           if (this._closed) {
             return;
@@ -488,6 +890,7 @@
         .catch((error) => this._fail(error));
     }
 
+    /** Keep `request` abortable by close() until it settles. */
     _track(request) {
       this._requests.add(request);
       const forget = () => { this._requests.delete(request); };
@@ -500,7 +903,7 @@
         return;
       }
       const params = {since: this._cursor};
-      this._track(this._http.endpoint("poll", this._session, params, undefined, this._client._opts.pollTimeout))
+      this._track(this._http.endpoint("poll", this._session, params, undefined, this._timeouts.pollTimeout))
         .then((answer) => {
           if (this._closed) {
             return;
@@ -514,7 +917,7 @@
             next = this._handshake(messages[0]);
           }
           for (let i = next; i < messages.length && !this._closed; i++) {
-            this._client._onEnvelope(this, messages[i]);
+            this._owner._onEnvelope(this, messages[i]);
           }
           if (this._closed) {
             return;
@@ -540,11 +943,12 @@
           client_id: answer.client_id, epoch: answer.epoch, position: null, transport: "ajax",
         }};
       }
-      this._client._onHandshake(this, welcome);
+      this._owner._onHandshake(this, welcome);
       this._pump();
       return welcome === first ? 1 : 0;
     }
 
+    /** Queue `envelope` for the session; false once this connection is closed. */
     send(envelope) {
       if (this._closed) {
         return false;
@@ -559,7 +963,7 @@
         return;
       }
       const envelope = this._inFlight = this._queue.shift();
-      this._http.endpoint("send", this._session, {}, envelope, this._client._opts.ajaxTimeout).then(() => {
+      this._http.endpoint("send", this._session, {}, envelope, this._timeouts.ajaxTimeout).then(() => {
         if (!this._closed) {
           this._inFlight = null;
           this._pump();
@@ -574,7 +978,7 @@
           this._fail(error, [envelope]);
         } else if (error.status >= 400 && error.status < 500) {
           // The server refused this envelope; the session goes on.
-          this._client._onEnvelope(this, {
+          this._owner._onEnvelope(this, {
             type: "error",
             id: envelope.id === undefined ? null : envelope.id,
             data: {code: error.code, message: error.message},
@@ -591,15 +995,17 @@
       this._end({code: 1006, reason: error.code || "network", wasClean: false, error: error}, unsent);
     }
 
+    /** The session is over: tell the owner, handing back what was never sent. */
     _end(info, unsent) {
       if (this._closed) {
         return;
       }
       info.unsent = (unsent || []).concat(this._queue);
       this.close(false);
-      this._client._lost(this, info);
+      this._owner._lost(this, info);
     }
 
+    /** Stop every request; `byClient` also ends the session on the server. */
     close(byClient) {
       if (this._closed) {
         return;
@@ -610,13 +1016,158 @@
       this._requests.clear();
       if (byClient && this._session) {
         // Courtesy: free the session now rather than at its idle timeout.
-        this._http.endpoint("disconnect", this._session, {}, undefined, this._client._opts.ajaxTimeout)
-          .catch(noop);
+        this._http.endpoint("disconnect", this._session, {}, undefined, this._timeouts.ajaxTimeout)
+          .catch(noop$1);
       }
     }
   }
 
-  // The client -------------------------------------------------------------
+  /**
+   * Polling-refresh mode (`reloadInterval`): no connection at all, a GET of
+   * one URL at once and then every interval, counted from the end of the
+   * previous fetch. For pages that must never hold a connection open.
+   */
+  class ReloadLoop {
+    /**
+     * @param {{http: Object, timers: Object, url: string, intervalMs: number, timeoutMs: number,
+     *          loaded: function(*): void, failed: function(Error): void}} settings
+     *   `loaded` and `failed` run for each fetch while the loop is running.
+     */
+    constructor(settings) {
+      this._http = settings.http;
+      this._timers = settings.timers;
+      this._url = settings.url;
+      this._intervalMs = settings.intervalMs;
+      this._timeoutMs = settings.timeoutMs;
+      this._loaded = settings.loaded;
+      this._failed = settings.failed;
+      this.running = false;
+      this._timer = null;
+      this._request = null;
+    }
+
+    start() {
+      this.running = true;
+      this._tick();
+    }
+
+    _tick() {
+      this._timer = null;
+      if (!this.running) {
+        return;
+      }
+      const request = this._request = this._http.get(this._url, this._timeoutMs);
+      request.then((result) => {
+        if (this.running) {
+          this._loaded(result);
+        }
+      }, (error) => {
+        if (this.running) {
+          this._failed(error);
+        }
+      }).then(() => {
+        if (this.running) {
+          this._timer = this._timers.set(() => this._tick(), this._intervalMs);
+        }
+      });
+    }
+
+    stop() {
+      this.running = false;
+      this._timers.clear(this._timer);
+      this._timer = null;
+      if (this._request) {
+        this._request.abort();
+        this._request = null;
+      }
+    }
+  }
+
+  /**
+   * The WebSocket transport: frames in and out as envelopes, one per text
+   * frame. The first `welcome` ends the handshake; everything else goes to
+   * the owner as it comes.
+   *
+   * Like every transport it reports to its owner (the client) through
+   * `_onHandshake(conn, welcome)`, `_onEnvelope(conn, envelope)`,
+   * `_lost(conn, info)`, `_touch(conn)` and `_protocolError(conn, code, message)`;
+   * the owner ignores a connection that is no longer its current one.
+   */
+
+  function noop() {}
+
+  class WebSocketConnection {
+    /**
+     * @param {Object} owner the client
+     * @param {Function} WebSocketImpl a WebSocket constructor (the browser's, or a test's fake)
+     * @param {string} url
+     */
+    constructor(owner, WebSocketImpl, url) {
+      this.name = "websocket";
+      this._owner = owner;
+      this._welcomed = false;
+      const socket = this._socket = new WebSocketImpl(url);
+      socket.onmessage = (event) => this._receive(event.data);
+      // Every error is followed by a close event: that is where the owner learns.
+      socket.onerror = noop;
+      socket.onclose = (event) => this._owner._lost(this, {
+        code: event.code, reason: event.reason, wasClean: event.wasClean,
+      });
+    }
+
+    /** Nothing to do: the constructor already opened the socket. */
+    start() {}
+
+    _receive(raw) {
+      const owner = this._owner;
+      owner._touch(this);
+      if (typeof raw !== "string") {
+        return; // Binary frames are not part of the protocol.
+      }
+      let envelope;
+      try {
+        envelope = JSON.parse(raw);
+      } catch (error) {
+        owner._protocolError(this, "bad_json", "the server sent a frame that is not JSON");
+        return;
+      }
+      if (!this._welcomed && envelope && envelope.type === "welcome") {
+        this._welcomed = true;
+        owner._onHandshake(this, envelope);
+        return;
+      }
+      owner._onEnvelope(this, envelope);
+    }
+
+    /** Send now, or return false when the socket is not open. */
+    send(envelope) {
+      if (this._socket.readyState !== OPEN) {
+        return false;
+      }
+      this._socket.send(JSON.stringify(envelope));
+      return true;
+    }
+
+    /** Close quietly: the owner hears nothing more from this socket. */
+    close() {
+      const socket = this._socket;
+      socket.onmessage = socket.onclose = socket.onerror = null;
+      try {
+        socket.close(1000);
+      } catch (error) {
+        // Already closing or closed.
+      }
+    }
+  }
+
+  /**
+   * The client facade: a connection to an appserver that survives network
+   * trouble. It picks a transport and falls back between them, reconnects
+   * with backoff, recovers what it missed, buffers sends while offline, and
+   * turns envelopes into events.
+   *
+   * The wire protocol is docs/protocol.md; the API reference is docs/client.md.
+   */
 
   /**
    * @typedef {Object} ClientOptions
@@ -653,29 +1204,18 @@
    *
    * @param {ClientOptions} [options]
    */
-  class Client {
+  class Client extends Emitter {
     constructor(options) {
+      super();
       options = options || {};
-      const opts = mergeDefined(DEFAULTS, options);
-      const config = root.AppServerConfig && typeof root.AppServerConfig === "object" ? root.AppServerConfig : {};
-      const location = options.location || root.location || null;
-      const secure = !!location && location.protocol === "https:";
-      const host = (location && location.hostname) || "localhost";
+      const resolved = resolveOptions(options);
+      const opts = this._opts = resolved.opts;
 
       /** The WebSocket URL. */
-      this.url = options.url || config.wsUrl || (secure ? "wss://" : "ws://") + host + ":9002/";
+      this.url = resolved.url;
       /** The base URL of the Ajax site, without a trailing slash. */
-      this.ajaxUrl = String(options.ajaxUrl || config.ajaxUrl || (secure ? "https://" : "http://") + host + ":9001")
-        .replace(/\/+$/, "");
-
-      opts.transports = normalizeTransports(opts);
-      if (opts.ajaxMode !== "json" && opts.ajaxMode !== "jsonp") {
-        throw new TypeError('ajaxMode must be "json" or "jsonp"');
-      }
-      opts.reconnect = opts.reconnect === false ? false
-        : mergeDefined(DEFAULT_RECONNECT, typeof opts.reconnect === "object" && opts.reconnect ? opts.reconnect : {});
-      this._opts = opts;
-      this._reloadUrl = opts.reloadInterval > 0 ? resolveUrl(opts.reloadUrl, this.ajaxUrl) : null;
+      this.ajaxUrl = resolved.ajaxUrl;
+      this._reloadUrl = resolved.reloadUrl;
 
       /** CONNECTING (0), OPEN (1), CLOSING (2) or CLOSED (3), as for a WebSocket. */
       this.readyState = CLOSED;
@@ -684,61 +1224,37 @@
       /** The server's id for this connection (from `welcome`), or `null`. */
       this.clientId = null;
 
-      const setTimer = options.setTimeout;
-      const clearTimer = options.clearTimeout;
-      this._timers = {
-        set: function (fn, ms) { return setTimer ? setTimer(fn, ms) : root.setTimeout(fn, ms); },
-        /** A deadline: none at all for 0, a negative value or Infinity (a browser would fire at once). */
-        timeout: function (fn, ms) { return ms > 0 && ms < 2147483648 ? this.set(fn, ms) : null; },
-        clear: function (id) {
-          if (id !== null && id !== undefined) {
-            if (clearTimer) {
-              clearTimer(id);
-            } else {
-              root.clearTimeout(id);
-            }
-          }
-        },
-      };
-      this._random = options.random || Math.random;
-      this._fetch = options.fetch || (typeof root.fetch === "function" ? root.fetch.bind(root) : null);
+      const root = globalThis;
+      this._timers = makeTimers(options.setTimeout, options.clearTimeout);
       this._doc = options.document || root.document || null;
-      this._http = new Http(this);
+      this._http = new Http({
+        baseUrl: this.ajaxUrl,
+        mode: opts.ajaxMode,
+        fetch: options.fetch || (typeof root.fetch === "function" ? root.fetch.bind(root) : null),
+        document: this._doc,
+        timers: this._timers,
+      });
 
-      this._handlers = Object.create(null);
-      this._buffer = [];
+      this._buffer = new SendBuffer(opts.maxBufferedSends);
       this._pending = new Map();
       this._nextId = 0;
       this._channels = new Set();
       this._rooms = new Map();
       this._controlEnvelopes = new WeakSet();
-
-      // Recovery: the server epoch, the highest stream position delivered,
-      // and during a resume the live messages held until the replay is done.
-      this._epoch = null;
-      this._lastPos = null;
-      this._resume = null;
+      this._recovery = new Recovery();
 
       // Transport choice and backoff.
       this._conn = null;
-      this._transportIndex = 0;
-      this._strikes = 0;
-      this._attempt = 0;
-      this._worked = new Set();
-      this._tried = new Set();
-      this._unavailable = new Set();
+      this._choice = new TransportChoice(opts.transports);
+      this._backoff = new Backoff(opts.reconnect, options.random || Math.random);
       this._lastTransport = null;
       this._announcedDelay = null;
 
       this._reconnectTimer = null;
       this._handshakeTimer = null;
       this._stableTimer = null;
-      this._heartbeatTimer = null;
-      this._staleTimer = null;
-      this._liveness = false;
-      this._reloadRun = null;
-      this._reloadTimer = null;
-      this._reloadRequest = null;
+      this._liveness = null;
+      this._reload = null;
       this._visibilityListener = () => {
         if (this._doc && this._doc.visibilityState === "visible") {
           this._probe();
@@ -751,101 +1267,20 @@
       }
     }
 
-    // Events ---------------------------------------------------------------
-
-    /**
-     * Call `handler` for every envelope of `type` (with `(data, envelope)`),
-     * or for a lifecycle event: open, close, error, reconnecting, recovery,
-     * transport, reload.
-     *
-     * @param {string} type
-     * @param {Function} handler
-     * @returns {Client} this client, for chaining
-     */
-    on(type, handler) {
-      return this._addHandler(type, handler, false);
-    }
-
-    /**
-     * Like `on`, for the next event only.
-     *
-     * @param {string} type
-     * @param {Function} handler
-     * @returns {Client}
-     */
-    once(type, handler) {
-      return this._addHandler(type, handler, true);
-    }
-
-    /**
-     * Remove `handler` from `type`, or every handler of `type` when none is given.
-     *
-     * @param {string} type
-     * @param {Function} [handler]
-     * @returns {Client}
-     */
-    off(type, handler) {
-      const list = this._handlers[type];
-      if (list) {
-        if (handler === undefined) {
-          delete this._handlers[type];
-        } else {
-          this._handlers[type] = list.filter(function (entry) { return entry.fn !== handler; });
-        }
-      }
-      return this;
-    }
-
-    _addHandler(type, handler, once) {
-      requireName(type, "the event type");
-      if (typeof handler !== "function") {
-        throw new TypeError("the handler must be a function");
-      }
-      (this._handlers[type] = this._handlers[type] || []).push({fn: handler, once: once});
-      return this;
-    }
-
-    _emit(type, data, envelope) {
-      const list = this._handlers[type];
-      if (!list || !list.length) {
-        return;
-      }
-      for (const entry of list.slice()) {
-        const current = this._handlers[type];
-        if (!current || current.indexOf(entry) < 0) {
-          continue; // Removed by an earlier handler of this same event.
-        }
-        if (entry.once) {
-          this._handlers[type] = current.filter(function (other) { return other !== entry; });
-        }
-        try {
-          entry.fn.call(this, data, envelope);
-        } catch (error) {
-          reportHandlerError(error);
-        }
-      }
-    }
-
     _defer(fn) {
       Promise.resolve().then(fn);
     }
 
     // Connection lifecycle ---------------------------------------------------
 
-    /**
-     * Connect (only needed with `autoConnect: false`, or after `close()`).
-     *
-     * @returns {Client}
-     */
+    /** Connect (only needed with `autoConnect: false`, or after `close()`). */
     open() {
       if (this.readyState !== CLOSED) {
         return this;
       }
       this.readyState = CONNECTING;
-      this._transportIndex = 0;
-      this._strikes = 0;
-      this._attempt = 0;
-      this._tried.clear();
+      this._choice.restart();
+      this._backoff.reset();
       this._announcedDelay = null;
       this._listenVisibility(true);
       if (this._reloadUrl) {
@@ -859,8 +1294,6 @@
     /**
      * Close for good: no reconnect, buffered sends are discarded and pending
      * requests are rejected with code `"closed"`.
-     *
-     * @returns {Client}
      */
     close() {
       const wasClosed = this.readyState === CLOSED;
@@ -878,7 +1311,7 @@
       this.transport = null;
       this._announcedDelay = null;
       this._rejectAll("closed", "the client was closed");
-      this._buffer = [];
+      this._buffer.clear();
       if (!wasClosed) {
         this._emit("close", {code: 1000, reason: "closed by the client", wasClean: true, willReconnect: false});
       }
@@ -887,20 +1320,17 @@
 
     _connect() {
       this._reconnectTimer = null;
-      const index = this._firstAvailable(this._transportIndex);
-      if (index < 0) {
+      const name = this._choice.pick();
+      if (name === null) {
         this._giveUp("no_transport", "no usable transport among " + this._opts.transports.join(", "), true);
         return;
       }
-      this._transportIndex = index;
-      const name = this._opts.transports[index];
-      this._tried.add(name);
       this.readyState = CONNECTING;
       let conn;
       if (name === "websocket") {
-        const WebSocketImpl = this._opts.WebSocket || root.WebSocket;
+        const WebSocketImpl = this._opts.WebSocket || globalThis.WebSocket;
         if (typeof WebSocketImpl !== "function") {
-          this._unavailable.add(name);
+          this._choice.markUnavailable(name);
           this._scheduleReconnect(true);
           return;
         }
@@ -912,24 +1342,13 @@
           return;
         }
       } else {
-        conn = new AjaxConnection(this);
+        conn = new AjaxConnection(this, this._http, this._opts);
       }
       this._conn = conn;
       this._handshakeTimer = this._timers.timeout(() => {
         this._lost(conn, {code: 1006, reason: "connect timeout", wasClean: false});
       }, this._opts.connectTimeout);
       conn.start();
-    }
-
-    _firstAvailable(from) {
-      const transports = this._opts.transports;
-      for (let i = 0; i < transports.length; i++) {
-        const index = (from + i) % transports.length;
-        if (!this._unavailable.has(transports[index])) {
-          return index;
-        }
-      }
-      return -1;
     }
 
     /** The transport finished its handshake: the connection is open. */
@@ -941,39 +1360,24 @@
       this._handshakeTimer = null;
       const welcome = envelope.data || {};
       const name = conn.name;
-      const resuming = this._epoch !== null;
-      const previousEpoch = this._epoch;
-      const since = this._lastPos === null ? 0 : this._lastPos;
-      const position = typeof welcome.position === "number" ? welcome.position : null;
-      if (!resuming || welcome.epoch !== previousEpoch) {
-        // A new stream of positions: everything after the current one is new.
-        this._lastPos = position;
-      }
-      if (welcome.epoch !== undefined && welcome.epoch !== null) {
-        this._epoch = welcome.epoch;
-      }
+      const start = this._recovery.welcome(welcome);
 
       this.readyState = OPEN;
       this.transport = name;
       this.clientId = welcome.client_id === undefined ? null : welcome.client_id;
-      this._worked.add(name);
-      this._tried.clear();
-      this._strikes = 0;
+      this._choice.markOpened(name);
       this._stableTimer = this._timers.set(() => {
         this._stableTimer = null;
-        this._attempt = 0;
+        this._backoff.reset();
       }, STABLE_AFTER_MS);
 
-      if (resuming) {
+      if (start.resuming) {
         // Live messages (after `position`) wait until the replay of what was
         // missed is done, so the application sees everything in order.
-        this._resume = {
-          connectedAt: position,
-          held: [],
-          timer: this._timers.timeout(() => this._finishResume(false, null), this._opts.requestTimeout),
-        };
+        this._recovery.startResume(start.position,
+          this._timers.timeout(() => this._finishResume(false, null), this._opts.requestTimeout));
         this._control({type: "resume", data: {
-          epoch: previousEpoch, since: since, channels: Array.from(this._channels),
+          epoch: start.previousEpoch, since: start.since, channels: Array.from(this._channels),
         }});
       } else {
         this._channels.forEach((channel) => this._control({type: "subscribe", data: {channel: channel}}));
@@ -987,7 +1391,7 @@
         this._emit("transport", name);
       }
       if (conn === this._conn) {
-        this._emit("open", {transport: name, clientId: this.clientId, resumed: resuming});
+        this._emit("open", {transport: name, clientId: this.clientId, resumed: start.resuming});
       }
       if (conn === this._conn) {
         this._emit("welcome", envelope.data, envelope);
@@ -1020,7 +1424,7 @@
         }
       });
       if (unsent.length) {
-        this._buffer = unsent.concat(this._buffer);
+        this._buffer.prepend(unsent);
         this._trimBuffer();
       }
 
@@ -1037,8 +1441,7 @@
     }
 
     _willReconnect() {
-      const policy = this._opts.reconnect;
-      return !!policy && (this._announcedDelay !== null || this._attempt < policy.maxRetries);
+      return !!this._opts.reconnect && (this._announcedDelay !== null || !this._backoff.exhausted);
     }
 
     /**
@@ -1046,28 +1449,19 @@
      * at once, the same one after a backoff delay, or nothing.
      */
     _scheduleReconnect(failedBeforeOpen) {
-      const transports = this._opts.transports;
       if (failedBeforeOpen) {
-        const name = transports[this._transportIndex];
-        this._strikes += 1;
-        const limit = this._worked.has(name) ? FALLBACK_AFTER_FAILURES : 1;
-        if (this._unavailable.has(name) || this._strikes >= limit) {
-          this._strikes = 0;
-          const next = this._firstAvailable((this._transportIndex + 1) % transports.length);
-          if (next < 0) {
-            this._giveUp("no_transport", "no usable transport among " + transports.join(", "), true);
-            return;
-          }
-          this._transportIndex = next;
-          if (!this._tried.has(transports[next])) {
-            this._connect(); // Not tried since the last success: no reason to wait.
-            return;
-          }
+        const next = this._choice.failedBeforeOpen();
+        if (next === "none") {
+          this._giveUp("no_transport", "no usable transport among " + this._opts.transports.join(", "), true);
+          return;
+        }
+        if (next === "next") {
+          this._connect(); // Not tried since the last success: no reason to wait.
+          return;
         }
       }
 
-      const policy = this._opts.reconnect;
-      if (!policy) {
+      if (!this._opts.reconnect) {
         this._giveUp(failedBeforeOpen ? "connect_failed" : null, "could not connect", failedBeforeOpen);
         return;
       }
@@ -1077,18 +1471,15 @@
         delay = this._announcedDelay;
         this._announcedDelay = null;
       } else {
-        if (this._attempt >= policy.maxRetries) {
-          this._giveUp("reconnect_failed", "gave up after " + this._attempt + " attempts", failedBeforeOpen);
+        if (this._backoff.exhausted) {
+          this._giveUp("reconnect_failed", "gave up after " + this._backoff.attempt + " attempts", failedBeforeOpen);
           return;
         }
-        // Full jitter, drawn anew for every attempt.
-        const cap = Math.min(policy.maxDelay, policy.initialDelay * Math.pow(2, this._attempt));
-        delay = Math.floor(this._random() * cap);
-        this._attempt += 1;
+        delay = this._backoff.next();
       }
       this.readyState = CONNECTING;
       this._reconnectTimer = this._timers.set(() => this._connect(), delay);
-      this._emit("reconnecting", {attempt: this._attempt, delay: delay, transport: transports[this._transportIndex]});
+      this._emit("reconnecting", {attempt: this._backoff.attempt, delay: delay, transport: this._choice.current});
     }
 
     _giveUp(code, message, emitClose) {
@@ -1111,21 +1502,26 @@
       const timers = this._timers;
       timers.clear(this._handshakeTimer);
       timers.clear(this._stableTimer);
-      timers.clear(this._heartbeatTimer);
-      timers.clear(this._staleTimer);
-      if (this._resume) {
-        timers.clear(this._resume.timer);
+      this._handshakeTimer = this._stableTimer = null;
+      if (this._liveness) {
+        this._liveness.stop();
+        this._liveness = null;
       }
-      this._handshakeTimer = this._stableTimer = this._heartbeatTimer = this._staleTimer = null;
-      this._resume = null;
-      this._liveness = false;
+      const resume = this._recovery.finishResume();
+      if (resume) {
+        timers.clear(resume.timer);
+      }
     }
 
     // Liveness (WebSocket) -------------------------------------------------
 
     _startLiveness(conn) {
       if (conn.name === "websocket" && this._opts.heartbeatInterval > 0) {
-        this._liveness = true;
+        this._liveness = new Liveness(this._timers, this._opts.heartbeatInterval, this._opts.staleTimeout, {
+          silent: () => this._probe(),
+          ping: () => this._control({type: "ping"}),
+          dead: () => this._lost(conn, {code: 1006, reason: "stale connection", wasClean: false}),
+        });
         this._touch(conn);
       }
     }
@@ -1135,30 +1531,18 @@
       if (conn !== this._conn || !this._liveness) {
         return;
       }
-      this._timers.clear(this._staleTimer);
-      this._staleTimer = null;
-      this._timers.clear(this._heartbeatTimer);
-      this._heartbeatTimer = this._timers.set(() => {
-        this._heartbeatTimer = null;
-        this._probe();
-      }, this._opts.heartbeatInterval);
+      this._liveness.touch();
     }
 
     /** Ping, and declare the connection dead if nothing comes back in time. */
     _probe() {
-      const conn = this._conn;
-      if (!conn || !this._liveness || this.readyState !== OPEN) {
+      if (!this._conn || !this._liveness || this.readyState !== OPEN) {
         return;
       }
-      this._control({type: "ping"});
-      if (this._staleTimer === null) {
-        this._staleTimer = this._timers.timeout(() => {
-          this._staleTimer = null;
-          this._lost(conn, {code: 1006, reason: "stale connection", wasClean: false});
-        }, this._opts.staleTimeout);
-      }
+      this._liveness.probe();
     }
 
+    /** A page coming back to view (a laptop waking up) checks its connection at once. */
     _listenVisibility(on) {
       const doc = this._doc;
       if (!doc || typeof doc.addEventListener !== "function" || on === this._listening) {
@@ -1188,24 +1572,19 @@
         this._emit("error", {code: "bad_envelope", message: "the server sent a message without a type"});
         return;
       }
-      if (typeof envelope.pos === "number" && !UNPOSITIONED_TYPES.has(envelope.type)) {
-        const resume = this._resume;
-        if (resume && resume.connectedAt !== null && envelope.pos > resume.connectedAt) {
-          resume.held.push(envelope);
-          return;
+      if (isPositioned(envelope)) {
+        if (!this._recovery.hold(envelope)) {
+          this._deliverPositioned(envelope);
         }
-        this._deliverPositioned(envelope);
         return;
       }
       this._dispatch(envelope);
     }
 
     _deliverPositioned(envelope) {
-      if (this._lastPos !== null && envelope.pos <= this._lastPos) {
-        return; // Already delivered (a replay overlapping live traffic).
+      if (this._recovery.advance(envelope)) {
+        this._dispatch(envelope);
       }
-      this._lastPos = envelope.pos;
-      this._dispatch(envelope);
     }
 
     _dispatch(envelope) {
@@ -1236,15 +1615,12 @@
           }
           break;
         }
-        default:
-          break;
       }
       this._emit(type, data, envelope);
     }
 
     _finishResume(recovered, envelope) {
-      const resume = this._resume;
-      this._resume = null;
+      const resume = this._recovery.finishResume();
       if (resume) {
         this._timers.clear(resume.timer);
       }
@@ -1254,7 +1630,6 @@
         this._emit("resumed", envelope.data, envelope);
       }
       if (resume) {
-        resume.held.sort(function (a, b) { return a.pos - b.pos; });
         for (const held of resume.held) {
           if (this._conn !== conn) {
             break;
@@ -1269,10 +1644,6 @@
     /**
      * Send an envelope `{type, data}`. While the client is not open it waits
      * in the offline buffer (bounded by `maxBufferedSends`).
-     *
-     * @param {string} type
-     * @param {*} [data]
-     * @returns {Client}
      */
     send(type, data) {
       requireName(type, "the message type");
@@ -1289,11 +1660,6 @@
      * Rejects with an Error whose `code` is the server's error code, or
      * `"timeout"`, `"disconnected"` (sent, then the connection was lost),
      * `"buffer_overflow"` or `"closed"`.
-     *
-     * @param {string} type
-     * @param {*} [data]
-     * @param {{timeout: number}} [options]
-     * @returns {Promise<*>}
      */
     request(type, data, options) {
       return new Promise((resolve, reject) => {
@@ -1323,7 +1689,7 @@
       this._timers.clear(entry.timer);
       if (error) {
         if (!entry.sent) {
-          this._buffer = this._buffer.filter(function (envelope) { return envelope.id !== id; });
+          this._buffer.removeId(id);
         }
         entry.reject(error);
       } else {
@@ -1388,9 +1754,8 @@
     }
 
     _trimBuffer() {
-      const max = Math.max(0, this._opts.maxBufferedSends);
-      while (this._buffer.length > max) {
-        const dropped = this._buffer.shift();
+      const max = this._buffer.limit;
+      this._buffer.trim((dropped) => {
         if (dropped.id !== undefined) {
           this._settle(dropped.id, appError("buffer_overflow", "dropped from the full offline send buffer"));
         }
@@ -1399,17 +1764,12 @@
           message: "the offline send buffer holds " + max + " messages; the oldest was dropped",
           envelope: dropped,
         });
-      }
+      });
     }
 
     // Channels and rooms -----------------------------------------------------
 
-    /**
-     * Receive the channel's `message` envelopes, now and after every reconnect.
-     *
-     * @param {string} channel
-     * @returns {Client}
-     */
+    /** Receive the channel's `message` envelopes, now and after every reconnect. */
     subscribe(channel) {
       requireName(channel, "the channel");
       if (!this._channels.has(channel)) {
@@ -1419,10 +1779,6 @@
       return this;
     }
 
-    /**
-     * @param {string} channel
-     * @returns {Client}
-     */
     unsubscribe(channel) {
       if (this._channels.delete(channel)) {
         this._controlIfOpen({type: "unsubscribe", data: {channel: channel}});
@@ -1430,25 +1786,13 @@
       return this;
     }
 
-    /**
-     * Publish `data` on a channel (if the application lets clients publish there).
-     *
-     * @param {string} channel
-     * @param {*} data
-     * @returns {Client}
-     */
+    /** Publish `data` on a channel (if the application lets clients publish there). */
     publish(channel, data) {
       requireName(channel, "the channel");
       return this.send("publish", {channel: channel, data: data});
     }
 
-    /**
-     * Enter a room under a display name; kept across reconnects.
-     *
-     * @param {string} room
-     * @param {string} username
-     * @returns {Client}
-     */
+    /** Enter a room under a display name; kept across reconnects. */
     join(room, username) {
       requireName(room, "the room");
       requireName(username, "the username");
@@ -1459,10 +1803,6 @@
       return this;
     }
 
-    /**
-     * @param {string} room
-     * @returns {Client}
-     */
     leave(room) {
       if (this._rooms.delete(room)) {
         this._controlIfOpen({type: "leave", data: {room: room}});
@@ -1470,12 +1810,7 @@
       return this;
     }
 
-    /**
-     * The usernames in a room.
-     *
-     * @param {string} room
-     * @returns {Promise<string[]>}
-     */
+    /** The usernames in a room. */
     members(room) {
       requireName(room, "the room");
       return this.request("members", {room: room}).then(function (data) {
@@ -1489,12 +1824,7 @@
       });
     }
 
-    /**
-     * The server's connection counts, by JSONP (works cross-port without CORS).
-     *
-     * @param {string} [room] also count this room's members (`room_count`)
-     * @returns {Promise<{client_count: number, time: string, websocket: number, ajax: number}>}
-     */
+    /** The server's connection counts, by JSONP (works cross-port without CORS). */
     clientCount(room) {
       const url = withQuery(this.ajaxUrl + "/get_client_count", {room: room});
       return this._http.jsonp(url, this._opts.ajaxTimeout);
@@ -1503,51 +1833,39 @@
     // Polling-refresh mode ---------------------------------------------------
 
     _startReloading() {
-      const run = this._reloadRun = {};
-      const interval = this._opts.reloadInterval * 1000;
-      const current = () => this._reloadRun === run;
-      const tick = () => {
-        this._reloadTimer = null;
-        if (!current()) {
-          return;
-        }
-        const request = this._reloadRequest = this._http.get(this._reloadUrl, this._opts.ajaxTimeout);
-        request.then((result) => {
-          if (current() && this.readyState !== OPEN) {
+      const loop = this._reload = new ReloadLoop({
+        http: this._http,
+        timers: this._timers,
+        url: this._reloadUrl,
+        intervalMs: this._opts.reloadInterval * 1000,
+        timeoutMs: this._opts.ajaxTimeout,
+        loaded: (result) => {
+          if (this.readyState !== OPEN) {
             this.readyState = OPEN;
             this._emit("open", {transport: null, clientId: null, resumed: false});
           }
-          if (current()) {
+          if (loop.running) {
             this._emit("reload", result);
           }
-        }, (error) => {
-          if (!current()) {
-            return;
-          }
+        },
+        failed: (error) => {
           const wasOpen = this.readyState === OPEN;
           this.readyState = CONNECTING;
           if (wasOpen) {
             this._emit("close", {code: 1006, reason: error.code, wasClean: false, willReconnect: true});
           }
-          if (current()) {
+          if (loop.running) {
             this._emit("error", {code: error.code, message: error.message});
           }
-        }).then(() => {
-          if (current()) {
-            this._reloadTimer = this._timers.set(tick, interval);
-          }
-        });
-      };
-      tick();
+        },
+      });
+      loop.start();
     }
 
     _stopReloading() {
-      this._reloadRun = null;
-      this._timers.clear(this._reloadTimer);
-      this._reloadTimer = null;
-      if (this._reloadRequest) {
-        this._reloadRequest.abort();
-        this._reloadRequest = null;
+      if (this._reload) {
+        this._reload.stop();
+        this._reload = null;
       }
     }
   }
@@ -1555,17 +1873,34 @@
   Object.assign(Client, {CONNECTING: CONNECTING, OPEN: OPEN, CLOSING: CLOSING, CLOSED: CLOSED});
   Object.assign(Client.prototype, {CONNECTING: CONNECTING, OPEN: OPEN, CLOSING: CLOSING, CLOSED: CLOSED});
 
+  /**
+   * appserver-client: the browser client of appserver.
+   *
+   *     import { connect } from "appserver-client";
+   *     const client = connect({ url: "wss://rt.example/", ajaxUrl: "https://rt.example:9001" });
+   *     client.on("chat", (text) => console.log(text));
+   *
+   * Importing this module touches no browser global: the page's `WebSocket`,
+   * `fetch`, `document`, `location` and timers are looked up when a client is
+   * made, unless injected through its options. The plain-script build
+   * (js/appserver.js) is this same API as `window.AppServer`.
+   */
+
+  /**
+   * Create a client (connecting at once unless `autoConnect: false`); the
+   * same as `new Client(options)`.
+   *
+   * @param {import("./client.js").ClientOptions} [options]
+   * @returns {Client}
+   */
+  function connect(options) {
+    return new Client(options);
+  }
+
+  /** The whole API as one object: what a plain `<script>` defines as `window.AppServer`. */
   const AppServer = {
     Client: Client,
-    /**
-     * Create a client (connecting at once unless `autoConnect: false`).
-     *
-     * @param {ClientOptions} [options]
-     * @returns {Client}
-     */
-    connect: function (options) {
-      return new Client(options);
-    },
+    connect: connect,
     CONNECTING: CONNECTING,
     OPEN: OPEN,
     CLOSING: CLOSING,
@@ -1574,5 +1909,18 @@
     _jsonp: jsonpCallbacks,
   };
 
+  /**
+   * The entry of the plain-script build (js/appserver.js): the bundler wraps
+   * it so that a `<script>` tag defines `window.AppServer` and nothing else,
+   * while CommonJS and AMD loaders get the same object as the module value.
+   * When jQuery is on the page, `$.appserver(options)` creates a client too.
+   */
+
+  const jQuery = globalThis.jQuery;
+  if (typeof jQuery === "function" && !jQuery.appserver) {
+    jQuery.appserver = function (options) { return AppServer.connect(options); };
+  }
+
   return AppServer;
+
 }));

@@ -1,14 +1,14 @@
-// Behaviour of js/appserver.js, the browser client, driven through fakes:
-// a fake WebSocket class, a fake fetch, a fake document (JSONP scripts and
-// visibility) and a fake clock, all injected through the client's options.
+// Behaviour of the browser client, driven through fakes: a fake WebSocket
+// class, a fake fetch, a fake document (JSONP scripts and visibility) and a
+// fake clock, all injected through the client's options. These run against
+// the ES module sources (js/src/); browser.test.mjs and the Chromium tests
+// load the plain-script build made from them (js/appserver.js).
 // Run with: node --test tests/js/
 
 import { describe, test, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { createRequire } from "node:module";
 
-const require = createRequire(import.meta.url);
-const AppServer = require("../../js/appserver.js");
+import AppServer from "../../js/src/index.js";
 
 // Fakes ---------------------------------------------------------------------
 

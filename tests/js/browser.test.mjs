@@ -1,5 +1,6 @@
-// js/appserver.js loaded the way a page loads it: as a plain <script>, run
-// here in a fresh VM context standing in for `window`.
+// js/appserver.js, the plain-script build of js/src, loaded the way a page
+// loads it: as a plain <script>, run here in a fresh VM context standing in
+// for `window` (and, as before the build existed, by CommonJS and AMD loaders).
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -47,6 +48,26 @@ test("without options the URLs come from window.AppServerConfig", () => {
   const client = context.AppServer.connect({ autoConnect: false });
   assert.equal(client.url, "wss://rt.example/");
   assert.equal(client.ajaxUrl, "https://rt.example:9001");
+});
+
+test("under CommonJS the script is the module value and defines no global", () => {
+  const module = { exports: {} };
+  const { context, added } = loadAsScript({ console, module, exports: module.exports });
+  assert.deepEqual(added, []);
+  assert.equal(typeof module.exports.connect, "function");
+  assert.equal(context.AppServer, undefined);
+});
+
+test("under an AMD loader the script defines an anonymous module and no global", () => {
+  const defined = [];
+  function define(factory) {
+    defined.push(factory());
+  }
+  define.amd = {};
+  const { added } = loadAsScript({ console, define });
+  assert.deepEqual(added, []);
+  assert.equal(defined.length, 1);
+  assert.equal(typeof defined[0].Client, "function");
 });
 
 test("the client never builds HTML from strings", () => {
