@@ -135,3 +135,15 @@ async def test_post_to_a_page_is_405(server_factory, reactor):
     server = await server_factory()
     status, headers, _ = await get(server, reactor, "/index.html", method="POST")
     assert status == 405
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_the_browser_client_is_served_under_js(server_factory, reactor):
+    server = await server_factory()
+    status, _, body = await get(server, reactor, "/js/src/index.js")
+    assert status == 200 and b"export" in body
+    for path in ("/js/package.json", "/js/package-lock.json", "/js/build.mjs", "/js/appserver.d.ts",
+                 "/js/README.md", "/js/node_modules/", "/js/node_modules/rollup/package.json", "/js/"):
+        status, _, body = await get(server, reactor, path)
+        assert status == 404, path
+        assert b"/js" not in body and b"node_modules" not in body

@@ -23,7 +23,7 @@ from appserver._core.envelope import encode
 if TYPE_CHECKING:
     from appserver._server.runtime import Runtime
 
-__all__ = ["SafeFile", "build_static_resource", "find_web_directory", "ConfigScript"]
+__all__ = ["SafeFile", "ClientDirectory", "build_static_resource", "find_web_directory", "ConfigScript"]
 
 _CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -90,6 +90,29 @@ class SafeFile(File):
         return super().render_GET(request)
 
 
+class ClientDirectory(SafeFile):
+    """
+    C{/js/}: the browser client's files and nothing else. A checkout's
+    C{js/} also holds the npm package's tooling (C{node_modules/},
+    C{package.json}, the build script): none of it is for browsers.
+    Served: the C{.js} scripts at the top (the plain-script build) and the ES
+    module sources under C{src/} (for C{<script type="module">}).
+    """
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path != b"src" and not path.endswith(b".js"):
+            return self.childNotFound
+        return super().getChild(path, request)
+
+    def createSimilarFile(self, path: str) -> File:
+        # Below the top (src/), the usual safe file.
+        similar = SafeFile(path, self.defaultType, self.ignoredExts, self.registry)
+        similar.processors = self.processors
+        similar.indexNames = self.indexNames[:]
+        similar.childNotFound = self.childNotFound
+        return similar
+
+
 class ConfigScript(Resource):
     """
     C{/appserver-config.js}: C{window.AppServerConfig = {wsUrl, ajaxUrl}}
@@ -121,7 +144,9 @@ def find_web_directory(name: str, configured: str | None) -> Path:
     if configured:
         path = Path(configured).expanduser().resolve()
         if not path.is_dir():
-            raise ValueError(f"--{name} {configured}: not a directory")
+            what = "pages" if name == "html" else "scripts"
+            raise ValueError(f"--{name} {configured}: no such directory; pass a directory of {what}, "
+                             f"or leave --{name} out for the bundled ones")
         return path
     candidates = [
         Path(__file__).resolve().parents[3] / name,
@@ -146,7 +171,7 @@ def build_static_resource(runtime: "Runtime", urls: Callable[[Request], dict[str
     """
     settings = runtime.settings
     root = SafeFile(str(find_web_directory("html", settings.html)))
-    root.putChild(b"js", SafeFile(str(find_web_directory("js", settings.js))))
+    root.putChild(b"js", ClientDirectory(str(find_web_directory("js", settings.js))))
     root.putChild(b"vendor", SafeFile(str(_jquery_directory())))
     root.putChild(b"appserver-config.js", ConfigScript(urls))
     return root
