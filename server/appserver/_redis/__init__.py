@@ -1,5 +1,31 @@
 """
 The Redis backplane, by job. Imported only with C{--backplane redis://}.
 
+From the bottom up (each module imports only those above it in this list):
+
+  - L{location <appserver._redis.location>}: the C{redis://} URL;
+  - L{resp <appserver._redis.resp>}: Redis's wire protocol;
+  - L{scripts <appserver._redis.scripts>}: the Lua scripts and the key
+    layout they share;
+  - L{keys <appserver._redis.keys>}: node ids, key and channel names;
+  - L{codec <appserver._redis.codec>}: what nodes send each other;
+  - L{startup <appserver._redis.startup>}: the blocking check before
+    listening;
+  - L{connection <appserver._redis.connection>}: the txredisapi
+    connections, kept up;
+  - L{presence <appserver._redis.presence>}: counts, rooms, heartbeats,
+    reaping;
+  - L{replay <appserver._redis.replay>}: catch-up and recovery from
+    Redis's Streams;
+  - L{routing <appserver._redis.routing>}: Ajax requests carried to their
+    session's node;
+  - L{backplane <appserver._redis.backplane>}: L{RedisBackplane
+    <appserver._redis.backplane.RedisBackplane>}, which composes them.
+
 Private: applications import from L{appserver}.
+
+Tests: tests/test_redis_codec.py, tests/test_redis_decisions.py (no server);
+tests/test_redis_cluster.py, tests/test_redis_cluster_browser.py (real Redis).
 """
+
+__all__: list[str] = []

@@ -1,324 +1,323 @@
 """
-The Redis connections of the backplane: where Redis is (L{parse_redis_url}),
-the blocking check a node makes before it listens (L{blocking_init}), and
-the two txredisapi connections (commands; the subscription to the cluster's
-channels), which tell their owner when they are usable and when lost.
+The backplane's two connections to Redis, through txredisapi: one for
+commands (scripts, C{PUBLISH}) and one subscribed to the cluster's
+channels. L{RedisConnections} keeps them up (reconnecting with backoff,
+reloading the scripts, resubscribing) and tells its owner what happens
+through L{ConnectionCallbacks}: when both are usable, when one is lost, when
+the subscription is back and what arrives on it.
+
+Replies are read and commands written with the backplane's own RESP codec
+(L{appserver._redis.resp}) unless hiredis is installed.
 
 txredisapi imports the reactor: this module is imported only when
 C{--backplane redis://} is used.
+
+Tests: tests/test_redis_cluster.py (a Redis restart, a lost connection);
+the codec in tests/test_redis_codec.py.
 """
 
 from __future__ import annotations
 
-import re
-import socket
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Sequence
 
 import txredisapi
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from appserver._redis import scripts
 from appserver._core.backplane import BackplaneUnavailable
+from appserver._redis import scripts
+from appserver._redis.location import RedisLocation
+from appserver._redis.resp import INCOMPLETE, MalformedReply, ReplyParser, encode_command
 
-if TYPE_CHECKING:
-    from appserver._redis.backplane import RedisBackplane
+__all__ = ["ConnectionCallbacks", "RedisConnections", "CommandFactory", "BusFactory", "CONNECT_TIMEOUT"]
 
-__all__ = ["RedisLocation", "parse_redis_url", "blocking_init", "ReplyReader", "CommandFactory", "BusFactory",
-           "configure_backoff"]
+_log = Logger(namespace="appserver.redis")
 
-
-class RedisLocation:
-    """
-    Where the Redis server is and how this cluster names its keys.
-    """
-
-    def __init__(self, host: str, port: int, db: int, password: str | None, username: str | None,
-                 prefix: str, heartbeat: float, ttl: float) -> None:
-        self.host = host
-        self.port = port
-        self.db = db
-        self.password = password
-        self.username = username
-        self.prefix = prefix
-        self.heartbeat = heartbeat
-        self.ttl = ttl
-
-    def __str__(self) -> str:
-        return f"redis://{self.host}:{self.port}/{self.db}"
+#: Seconds a connection attempt may take before it counts as failed.
+CONNECT_TIMEOUT = 5
+#: Seconds a command may wait for its reply before it fails.
+REPLY_TIMEOUT = 10
 
 
-def parse_redis_url(url: str) -> RedisLocation:
-    """
-    C{redis://[[user]:password@]host[:port][/db][?prefix=P&heartbeat=S&ttl=S]}.
-
-    @raise ValueError: naming what is wrong.
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "redis" or not parts.hostname:
-        raise ValueError(f"--backplane {url!r}: expected redis://host:port/db")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"--backplane {url!r}: bad port") from None
-    path = parts.path.strip("/")
-    try:
-        db = int(path) if path else 0
-    except ValueError:
-        raise ValueError(f"--backplane {url!r}: the path must be a database number") from None
-    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-    unknown = set(query) - {"prefix", "heartbeat", "ttl"}
-    if unknown:
-        raise ValueError(f"--backplane {url!r}: unknown parameter(s) {', '.join(sorted(unknown))} "
-                         "(known: prefix, heartbeat, ttl)")
-    prefix = query.get("prefix", "appserver")
-    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
-        raise ValueError(f"--backplane {url!r}: prefix must be 1 to 64 of A-Z a-z 0-9 _ . : -")
-    try:
-        heartbeat = float(query.get("heartbeat", 2.0))
-        ttl = float(query.get("ttl", 3 * heartbeat))
-    except ValueError:
-        raise ValueError(f"--backplane {url!r}: heartbeat and ttl are seconds") from None
-    if not 0 < heartbeat < ttl:
-        raise ValueError(f"--backplane {url!r}: need 0 < heartbeat < ttl")
-    password = unquote(parts.password) if parts.password else None
-    username = unquote(parts.username) if parts.username else None
-    return RedisLocation(parts.hostname, port, db, password, username, prefix, heartbeat, ttl)
-
-
-# Blocking start-up check ----------------------------------------------------
-
-def _resp_command(*args: Any) -> bytes:
-    """
-    One command in Redis's protocol; arguments are bytes, text or integers.
-    """
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-class _RespReader:
-    def __init__(self, sock: socket.socket) -> None:
-        self.file = sock.makefile("rb")
-
-    def read(self) -> Any:
-        line = self.file.readline()
-        if not line:
-            raise ConnectionError("Redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            raise txredisapi.ResponseError(rest.decode("utf-8", "replace"))
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            length = int(rest)
-            if length < 0:
-                return None
-            data = self.file.read(length + 2)
-            return data[:-2]
-        if kind == b"*":
-            count = int(rest)
-            return None if count < 0 else [self.read() for _ in range(count)]
-        raise ConnectionError(f"unexpected reply from Redis: {line!r}")
-
-
-def blocking_init(location: RedisLocation, epoch: str, start: int, timeout: float = 5.0) -> tuple[str, int, int]:
-    """
-    Before the reactor runs: check Redis answers and read (or set) the
-    cluster's epoch and position, so the first client already gets them.
-
-    @raise BackplaneUnavailable: with what was tried and why it failed.
-    """
-    prefix = location.prefix
-    try:
-        with socket.create_connection((location.host, location.port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            reader = _RespReader(sock)
-            if location.password is not None:
-                auth = ("AUTH", location.username, location.password) if location.username else \
-                    ("AUTH", location.password)
-                sock.sendall(_resp_command(*auth))
-                reader.read()
-            sock.sendall(_resp_command("SELECT", location.db))
-            reader.read()
-            sock.sendall(_resp_command("INFO", "server"))
-            info = reader.read()
-            version = re.search(rb"redis_version:(\d+)\.(\d+)", info or b"")
-            if version is None or (int(version.group(1)), int(version.group(2))) < (6, 2):
-                raise BackplaneUnavailable(f"the Redis server at {location} is older than 6.2; "
-                                           "appserver needs Redis 6.2 or later")
-            sock.sendall(_resp_command("EVAL", scripts.INIT.source, 3, f"{prefix}:epoch", f"{prefix}:pos",
-                                       f"{prefix}:floor", epoch, start))
-            found_epoch, position, floor = reader.read()
-    except BackplaneUnavailable:
-        raise
-    except (OSError, ConnectionError) as error:
-        raise BackplaneUnavailable(
-            f"cannot reach the Redis backplane at {location}: {error}. Start redis-server there, "
-            f"or fix --backplane (or use --backplane memory:// for a single node)") from None
-    except txredisapi.ResponseError as error:
-        raise BackplaneUnavailable(f"the Redis backplane at {location} refused: {error}") from None
-    return found_epoch.decode("utf-8") if isinstance(found_epoch, bytes) else str(found_epoch), int(position), int(floor)
-
-
-# Connections ----------------------------------------------------------------
-
-_INCOMPLETE = object()
-
-
-class ReplyReader:
-    """
-    Redis replies from a byte stream, for connections that want bytes back
-    (no decoding, no number conversion). txredisapi's pure-Python parser
-    spends a reactor turn per bulk string; this one takes what has arrived
-    in one go. (With the hiredis package installed, txredisapi uses it and
-    this is not needed.)
-    """
-
-    __slots__ = ("_buffer", "_at")
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._at = 0
-
-    def feed(self, data: bytes) -> None:
-        if self._at > 65536 and self._at * 2 > len(self._buffer):
-            del self._buffer[:self._at]
-            self._at = 0
-        self._buffer += data
-
-    def gets(self) -> Any:
-        """
-        The next complete reply, or L{_INCOMPLETE}.
-        """
-        try:
-            reply, at = self._parse(self._at)
-        except IndexError:
-            return _INCOMPLETE
-        self._at = at
-        return reply
-
-    def _parse(self, at: int) -> tuple[Any, int]:
-        buffer = self._buffer
-        end = buffer.find(b"\r\n", at)
-        if end < 0:
-            raise IndexError
-        kind, line = buffer[at], bytes(buffer[at + 1:end])
-        at = end + 2
-        if kind == 36:  # $
-            length = int(line)
-            if length < 0:
-                return None, at
-            if len(buffer) < at + length + 2:
-                raise IndexError
-            return bytes(buffer[at:at + length]), at + length + 2
-        if kind == 42:  # *
-            count = int(line)
-            if count < 0:
-                return None, at
-            items = []
-            for _ in range(count):
-                item, at = self._parse(at)
-                items.append(item)
-            return items, at
-        if kind == 58:  # :
-            return int(line), at
-        if kind == 43:  # +
-            return line.decode("utf-8", "replace"), at
-        if kind == 45:  # -
-            text = line.decode("utf-8", "replace")
-            return txredisapi.ResponseError(text[4:] if text.startswith("ERR ") else text), at
-        raise txredisapi.InvalidResponse(f"unexpected reply from Redis: {bytes(buffer[at - len(line) - 3:at])!r}")
+def _response_error(text: str) -> Exception:
+    # The error txredisapi's own parser would give, so that its callers see
+    # the same thing with either parser.
+    return txredisapi.ResponseError(text[4:] if text.startswith("ERR ") else text)
 
 
 class _FastReplies:
     """
     Mixed into the backplane's protocols: commands built in one go, and
-    replies read with L{ReplyReader} when hiredis is not installed.
+    replies read with L{ReplyParser} when hiredis is not installed.
     """
+
+    # Provided by the txredisapi protocol this is mixed into.
+    replyReceived: Callable[[Any], None]
+    transport: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._fast_reader = ReplyReader()
+        self._replies = ReplyParser(_response_error)
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-        # txredisapi's own builder costs more than the rest of a publish.
-        return _resp_command(*args)
+        # Overrides txredisapi's builder, which costs more than the rest of a publish.
+        return encode_command(*args)
 
     if txredisapi.hiredis is None:
         def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-            reader = self._fast_reader
-            reader.feed(data)
+            replies = self._replies
+            replies.feed(data)
             while True:
-                reply = reader.gets()
-                if reply is _INCOMPLETE:
+                try:
+                    reply = replies.gets()
+                except MalformedReply as error:
+                    _log.error("Redis sent what is not a reply ({error}): reconnecting", error=error)
+                    self.transport.abortConnection()
+                    return
+                if reply is INCOMPLETE:
                     return
                 self.replyReceived(reply)
 
 
-class _CommandProtocol(_FastReplies, txredisapi.RedisProtocol):  # type: ignore[misc,valid-type]
+class _CommandProtocol(_FastReplies, txredisapi.RedisProtocol):
     pass
 
 
 class CommandFactory(txredisapi.RedisFactory):
     """
-    One command connection; tells the backplane when it is usable or lost.
+    The command connection (a pool of one), reconnecting with backoff: soon
+    after a blip, then every few seconds.
+
+    @ivar up: called with a connection once it is connected (and selected
+        its database); C{down}, when it is lost.
     """
 
     protocol = _CommandProtocol
+    initialDelay = 0.5
+    factor = 2.0
+    maxDelay = 5.0
 
-    def __init__(self, owner: "RedisBackplane", location: RedisLocation) -> None:
+    def __init__(self, location: RedisLocation, up: Callable[[Any], None], down: Callable[[Any], None]) -> None:
         super().__init__(f"{location.host}:{location.port}", location.db, 1, isLazy=True,
-                         charset=None, password=location.password, replyTimeout=10,
+                         charset=None, password=location.password, replyTimeout=REPLY_TIMEOUT,
                          convertNumbers=False, username=location.username)
-        self.owner = owner
+        self.up = up
+        self.down = down
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
         if conn in self.pool:
-            self.owner._commands_up(conn)
+            self.up(conn)
 
     def delConnection(self, conn: Any) -> None:
         super().delConnection(conn)
-        self.owner._commands_down(conn)
+        self.down(conn)
 
 
 class _BusProtocol(_FastReplies, txredisapi.SubscriberProtocol):
+    factory: "BusFactory"
+
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
-        self.factory.owner._bus_message(channel, message)
+        self.factory.message(channel, message)
 
 
 class BusFactory(txredisapi.SubscriberFactory):
     """
     The subscriber connection. txredisapi reconnects it but does not
-    resubscribe: the backplane does, each time it is up.
+    resubscribe: whoever C{up} calls does, each time.
+
+    @ivar message: called with each message's channel and bytes.
     """
 
     protocol = _BusProtocol
+    initialDelay = 0.5
+    factor = 2.0
+    maxDelay = 5.0
 
-    def __init__(self, owner: "RedisBackplane", location: RedisLocation) -> None:
+    def __init__(self, location: RedisLocation, up: Callable[[Any], None], down: Callable[[Any], None],
+                 message: Callable[[bytes, bytes], None]) -> None:
         super().__init__(isLazy=True)
-        self.owner = owner
         self.charset = None
         self.convertNumbers = False
         self.password = location.password
         self.username = location.username
+        self.up = up
+        self.down = down
+        self.message = message
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
         if conn in self.pool:
-            self.owner._bus_up(conn)
+            self.up(conn)
 
     def delConnection(self, conn: Any) -> None:
         super().delConnection(conn)
-        self.owner._bus_down(conn)
+        self.down(conn)
 
 
-def configure_backoff(factory: txredisapi.RedisFactory) -> None:
-    # Reconnect soon after a blip, then back off to a few seconds.
-    factory.initialDelay = 0.5
-    factory.factor = 2.0
-    factory.maxDelay = 5.0
+@dataclass(frozen=True)
+class ConnectionCallbacks:
+    """
+    What L{RedisConnections} tells its owner.
+
+    @ivar ready: both connections are usable now (scripts loaded,
+        channels subscribed): the owner catches up with what it missed.
+    @ivar lost: a connection was lost; it comes back by itself.
+    @ivar bus_connected: the subscriber connection is (re)connected: what
+        arrives on it from now on is newer than what a catch-up will read,
+        so the owner holds it until caught up.
+    @ivar bus_message: a message arrived on a channel (channel, bytes).
+    @ivar error: a command nobody waited for failed (what it did), for
+        the node's metrics.
+    """
+
+    ready: Callable[[], None]
+    lost: Callable[[], None]
+    bus_connected: Callable[[], None]
+    bus_message: Callable[[bytes, bytes], None]
+    error: Callable[[str], None]
+
+
+class RedisConnections:
+    """
+    The command and subscriber connections of one node, kept up.
+
+    @ivar commands: the command connection once it has the scripts, else
+        C{None}.
+    @ivar subscribed: whether the subscriber connection listens to the
+        channels now.
+    """
+
+    def __init__(self, location: RedisLocation, channels: Sequence[bytes], callbacks: ConnectionCallbacks,
+                 reactor: Any) -> None:
+        self.location = location
+        self.channels = list(channels)
+        self.callbacks = callbacks
+        self.reactor = reactor
+        self.commands: Any = None
+        self.subscribed = False
+        self._bus: Any = None
+        self._factories: list[Any] = []
+
+    @property
+    def ready(self) -> bool:
+        """
+        Whether both connections are usable.
+        """
+        return self.commands is not None and self.subscribed
+
+    def start(self) -> None:
+        """
+        Start connecting (and reconnecting whenever a connection is lost).
+        """
+        endpoint = HostnameEndpoint(self.reactor, self.location.host, self.location.port, timeout=CONNECT_TIMEOUT)
+        commands = CommandFactory(self.location, self._commands_up, self._commands_down)
+        bus = BusFactory(self.location, self._bus_up, self._bus_down, self.callbacks.bus_message)
+        for factory in (commands, bus):
+            factory.startConnecting(endpoint)
+            self._factories.append(factory)
+
+    @defer.inlineCallbacks
+    def disconnect(self, timeout: float) -> Generator["defer.Deferred[Any]", Any, None]:
+        """
+        Close both connections and stop reconnecting, waiting at most
+        C{timeout} seconds for each (a shutdown must not hang on a Redis
+        that is gone).
+        """
+        factories, self._factories = self._factories, []
+        for factory in factories:
+            try:
+                yield factory.disconnect().addTimeout(timeout, self.reactor)
+            except Exception:
+                pass
+
+    # Commands ---------------------------------------------------------------
+
+    def eval(self, script: scripts.Script, keys: Sequence[Any], args: Sequence[Any]) -> "defer.Deferred[Any]":
+        """
+        Run a script (loaded on connection) by its SHA1.
+
+        @return: a Deferred failing with L{BackplaneUnavailable} when not
+            connected.
+        """
+        conn = self.commands
+        if conn is None:
+            return defer.fail(BackplaneUnavailable(f"not connected to Redis at {self.location}"))
+        try:
+            d: defer.Deferred[Any] = conn.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except Exception:
+            return defer.fail()
+        return d
+
+    def publish(self, channel: bytes, message: bytes) -> bool:
+        """
+        C{PUBLISH} a message without waiting for Redis; whether it could be
+        sent (a failure afterwards is reported like L{in_background}'s).
+        """
+        conn = self.commands
+        if conn is None:
+            return False
+        try:
+            d: defer.Deferred[Any] = conn.execute_command("PUBLISH", channel, message)
+        except Exception:
+            return False
+        self.in_background(d, "PUBLISH")
+        return True
+
+    def in_background(self, d: "defer.Deferred[Any]", what: str) -> None:
+        """
+        Nobody waits for C{d}: a failure is logged and reported to the
+        owner (L{ConnectionCallbacks.error}) rather than lost.
+        """
+        def failed(failure: Failure) -> None:
+            self.callbacks.error(what)
+            _log.warn("backplane: {what} failed: {error}", what=what, error=failure.value)
+
+        d.addErrback(failed)
+
+    # What the factories report ----------------------------------------------
+
+    def _commands_up(self, conn: Any) -> None:
+        def loaded(_: object) -> None:
+            if conn.connected:
+                self.commands = conn
+                if self.ready:
+                    self.callbacks.ready()
+
+        def failed(failure: Failure) -> None:
+            _log.warn("cannot load the backplane's scripts into Redis: {error}", error=failure.value)
+
+        loads = [conn.execute_command("SCRIPT", "LOAD", script.source) for script in scripts.ALL]
+        defer.gatherResults(loads, consumeErrors=True).addCallbacks(loaded, failed)
+
+    def _commands_down(self, conn: Any) -> None:
+        if self.commands is conn:
+            self.commands = None
+        self.callbacks.lost()
+
+    def _bus_up(self, conn: Any) -> None:
+        self._bus = conn
+        self.callbacks.bus_connected()
+
+        def subscribed(_: object) -> None:
+            if self._bus is conn:
+                self.subscribed = True
+                if self.ready:
+                    self.callbacks.ready()
+
+        def failed(failure: Failure) -> None:
+            _log.warn("subscribing to the backplane's channels failed: {error}; retrying on reconnect",
+                      error=failure.value)
+            if conn.transport is not None:
+                conn.transport.loseConnection()
+
+        conn.subscribe(self.channels).addCallbacks(subscribed, failed)
+
+    def _bus_down(self, conn: Any) -> None:
+        if self._bus is conn:
+            self._bus = None
+            self.subscribed = False
+        self.callbacks.lost()

@@ -7,13 +7,20 @@ resource as a local request, and its answer carried back.
 So a session's queue, cursor and waiting poll stay in one place, with the
 one implementation of docs/protocol.md, and no load balancer stickiness is
 needed. The cost is two PUBLISHes per routed request.
+
+The router knows Redis only through the two callables it is given (send
+bytes to a node's channel; ask whether a node is live), so it is the same
+whatever carries the messages.
+
+Tests: tests/test_redis_decisions.py (session ids and their home);
+tests/test_redis_cluster.py (Ajax sessions through another node).
 """
 
 from __future__ import annotations
 
 import io
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import orjson
 from twisted.internet.defer import Deferred
@@ -22,13 +29,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
+from appserver._core.client import new_session_secret
+from appserver._redis.keys import NODE_ID_PATTERN
+
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
     from twisted.web.resource import Resource
     from twisted.web.server import Request
 
-    from appserver._redis.backplane import RedisBackplane
+__all__ = ["SessionRouter", "RoutedRequest", "home_session_secret", "session_home"]
 
-__all__ = ["SessionRouter", "RoutedRequest"]
+_log = Logger(namespace="appserver.redis")
 
 #: Seconds a routed request other than a poll may take at its home node.
 ROUTE_TIMEOUT = 10.0
@@ -38,6 +49,34 @@ POLL_MARGIN = 10.0
 
 def _latin1(value: bytes) -> str:
     return value.decode("latin-1")
+
+
+def home_session_secret(node_id: str) -> str:
+    """
+    The secret of a new Ajax session opened on node C{node_id}: the node id,
+    a dot, then the random secret (L{new_session_secret}), so that any node
+    can tell where the session lives (L{session_home}).
+    """
+    return f"{node_id}.{new_session_secret()}"
+
+
+def session_home(session_id: str) -> str | None:
+    """
+    The node a session lives on, as its id names it, or C{None} when the id
+    names none (a session of a single node, or not a session id at all).
+    """
+    home, dot, _ = session_id.partition(".")
+    if not dot or not NODE_ID_PATTERN.match(home):
+        return None
+    return home
+
+
+class _Waiting(NamedTuple):
+    # A request forwarded from here, until its home answers.
+    request: "Request"
+    resource: Any
+    home: str
+    timer: "IDelayedCall"
 
 
 class RoutedRequest:
@@ -123,24 +162,37 @@ class SessionRouter:
     Both halves of routing: L{forward} on the node that received a request,
     L{received} for what comes over this node's Redis channel (requests to
     run here, answers to requests forwarded from here).
+
+    @ivar root: the Ajax site's resource tree, which runs requests routed
+        here (L{appserver._core.backplane.IBackplane.attach_ajax}).
     """
 
-    log = Logger()
-
-    def __init__(self, backplane: "RedisBackplane", reactor: Any, poll_timeout: float) -> None:
-        self.backplane = backplane
+    def __init__(self, node_id: str, send: Callable[[str, bytes], bool],
+                 is_live: "Callable[[str], Deferred[bool]]", reactor: Any, poll_timeout: float) -> None:
+        """
+        @param send: sends bytes to a node's channel; whether they could be sent.
+        @param is_live: whether a node's heartbeat is recent.
+        @param poll_timeout: seconds a poll waits at its home node (a routed
+            poll may take that long).
+        """
+        self.node_id = node_id
+        self.send = send
+        self.is_live = is_live
         self.reactor = reactor
         self.poll_timeout = poll_timeout
         self.root: Resource | None = None
         self._ids = itertools.count(1)
         # Requests forwarded from here, waiting for their answer.
-        self._waiting: dict[int, tuple[Request, Any, str]] = {}
+        self._waiting: dict[int, _Waiting] = {}
         # Requests run here for another node, by (node, id).
         self._running: dict[tuple[str, int], RoutedRequest] = {}
 
     def stop(self) -> None:
+        """
+        Forget the requests forwarded from here (the node is stopping).
+        """
         for request_id in list(self._waiting):
-            _, (timer, _), _ = self._waiting.pop(request_id)
+            timer = self._waiting.pop(request_id).timer
             if timer.active():
                 timer.cancel()
 
@@ -151,7 +203,17 @@ class SessionRouter:
         Carry C{request} to the session's C{home} node; answer it when the
         home answers, or with C{unknown_session} when the home is gone.
         """
+        lost = False
+
+        def gone(failure: Failure) -> None:
+            nonlocal lost
+            lost = True
+
+        request.notifyFinish().addErrback(gone)
+
         def decided(live: bool) -> None:
+            if lost:
+                return
             if not live:
                 self._answer_error(resource, request, 410, "unknown_session",
                                    "this session's node is gone: call /connect again, then resume")
@@ -159,10 +221,11 @@ class SessionRouter:
             self._send(home, resource, request)
 
         def failed(failure: Failure) -> None:
-            self._answer_error(resource, request, 503, "backplane_unavailable",
-                               "the session's node cannot be reached now; retry")
+            if not lost:
+                self._answer_error(resource, request, 503, "backplane_unavailable",
+                                   "the session's node cannot be reached now; retry")
 
-        self.backplane.is_live(home).addCallbacks(decided, failed)
+        self.is_live(home).addCallbacks(decided, failed)
         return NOT_DONE_YET
 
     def _send(self, home: str, resource: Any, request: "Request") -> None:
@@ -171,7 +234,7 @@ class SessionRouter:
         body = request.content.read() if request.content is not None else b""
         address = request.getClientAddress()
         message = orjson.dumps({
-            "op": "request", "id": request_id, "from": self.backplane.node_id,
+            "op": "request", "id": request_id, "from": self.node_id,
             "path": _latin1(name), "method": _latin1(request.method),
             "args": {_latin1(k): [_latin1(v) for v in values] for k, values in request.args.items()},
             "headers": {_latin1(k).lower(): _latin1(b",".join(v))
@@ -180,36 +243,35 @@ class SessionRouter:
             "too_large": bool(getattr(request, "too_large", False)),
             "peer": f"tcp:{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}",
         })
-        if not self.backplane.publish_raw(self.backplane.node_channel(home), message):
+        if not self.send(home, message):
             self._answer_error(resource, request, 503, "backplane_unavailable",
                                "the session's node cannot be reached now; retry")
             return
         timeout = self.poll_timeout + POLL_MARGIN if name == b"poll" else ROUTE_TIMEOUT
         timer = self.reactor.callLater(timeout, self._timed_out, request_id)
-        self._waiting[request_id] = (request, (timer, resource), home)
+        self._waiting[request_id] = _Waiting(request, resource, home, timer)
         request.notifyFinish().addErrback(lambda _: self._client_gone(request_id))
 
     def _timed_out(self, request_id: int) -> None:
         entry = self._waiting.pop(request_id, None)
         if entry is None:
             return
-        request, (_, resource), home = entry
-        self.log.warn("node {home} did not answer a routed Ajax request in time", home=home)
-        self._answer_error(resource, request, 410, "unknown_session",
+        _log.warn("node {home} did not answer a routed Ajax request in time", home=entry.home)
+        self._answer_error(entry.resource, entry.request, 410, "unknown_session",
                            "this session's node does not answer: call /connect again, then resume")
 
     def _client_gone(self, request_id: int) -> None:
         entry = self._waiting.pop(request_id, None)
         if entry is None:
             return
-        _, (timer, _), home = entry
-        if timer.active():
-            timer.cancel()
-        self.backplane.publish_raw(self.backplane.node_channel(home), orjson.dumps(
-            {"op": "gone", "id": request_id, "from": self.backplane.node_id}))
+        if entry.timer.active():
+            entry.timer.cancel()
+        self.send(entry.home, orjson.dumps({"op": "gone", "id": request_id, "from": self.node_id}))
 
     def _answer_error(self, resource: Any, request: "Request", status: int, code: str, message: str) -> None:
-        if getattr(request, "_disconnected", False) or request.finished:
+        # Callers know the client is still there (a request whose client
+        # went away is no longer waiting); it may have been answered.
+        if request.finished:
             return
         request.write(resource.routed_error(request, status, code, message))
         request.finish()
@@ -218,10 +280,10 @@ class SessionRouter:
         entry = self._waiting.pop(answer["id"], None)
         if entry is None:
             return
-        request, (timer, _), _ = entry
-        if timer.active():
-            timer.cancel()
-        if getattr(request, "_disconnected", False) or request.finished:
+        if entry.timer.active():
+            entry.timer.cancel()
+        request = entry.request
+        if request.finished:
             return
         request.setResponseCode(answer["code"])
         for name, value in answer["headers"]:
@@ -232,6 +294,11 @@ class SessionRouter:
     # The home node -------------------------------------------------------
 
     def received(self, raw: bytes) -> None:
+        """
+        A message on this node's channel: a request to run here, the answer
+        to one forwarded from here, or news that a forwarded request's
+        client went away.
+        """
         message = orjson.loads(raw)
         op = message.get("op")
         if op == "request":
@@ -250,7 +317,7 @@ class SessionRouter:
 
         def done(request: RoutedRequest, body: bytes) -> None:
             self._running.pop((origin, request_id), None)
-            self.backplane.publish_raw(self.backplane.node_channel(origin), orjson.dumps({
+            self.send(origin, orjson.dumps({
                 "op": "answer", "id": request_id, "code": request.code,
                 "headers": [[_latin1(k), _latin1(v)] for k, v in request.response_headers.items()],
                 "body": _latin1(body),
@@ -270,7 +337,7 @@ class SessionRouter:
         try:
             body = resource.render(request)
         except Exception:
-            self.log.failure("routed Ajax request for {path} failed", path=message["path"])
+            _log.failure("routed Ajax request for {path} failed", path=message["path"])
             request.setResponseCode(500)
             body = b'{"error":{"code":"internal_error","message":"the server failed; the error was logged"}}'
         if body is not NOT_DONE_YET and not request.finished:

@@ -16,13 +16,36 @@ Keys (C{P} is the prefix, C{appserver} by default):
     clock, in milliseconds).
   - C{P:node:<id>}: a hash, C{counts} (JSON, clients per transport) and
     C{r:<room>} (JSON list of the node's members' names in that room).
+
+Their names for one cluster are in L{appserver._redis.keys}; the formats of
+what they write, in L{appserver._redis.codec}.
+
+Tests: tests/test_redis_cluster.py (they need a real Redis);
+tests/test_redis_decisions.py for L{proposed_start}.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-__all__ = ["Script", "INIT", "PUBLISH", "REPLAY", "SYNC_NODE", "CLUSTER_VIEW", "REAP", "LEAVE"]
+__all__ = ["Script", "INIT", "PUBLISH", "REPLAY", "SYNC_NODE", "CLUSTER_VIEW", "REAP", "LEAVE", "ALL",
+           "POSITION_GAP", "proposed_start"]
+
+#: Positions restart this far above what the proposing node has seen when
+#: Redis comes back without its data, so that a message in flight at the time
+#: cannot share a position with a new one.
+POSITION_GAP = 1000
+
+
+def proposed_start(position: int) -> int:
+    """
+    The start position a node proposes to L{INIT} and L{PUBLISH} (used only
+    when Redis has no epoch): C{0} for a node that has seen nothing, else
+    L{POSITION_GAP} above its last position.
+
+    @param position: the last position this node handed out or saw.
+    """
+    return position + POSITION_GAP if position else 0
 
 
 class Script:
@@ -181,4 +204,6 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 """)
 
+#: Every script, loaded into Redis (C{SCRIPT LOAD}) on each connection so
+#: that C{EVALSHA} finds them after a Redis restart too.
 ALL = (INIT, PUBLISH, REPLAY, SYNC_NODE, CLUSTER_VIEW, REAP, LEAVE)
