@@ -8,8 +8,8 @@ import json
 import pytest
 from autobahn.websocket.protocol import PreparedMessage
 
-from appserver._core.envelope import (MAX_ID_LENGTH, MAX_TYPE_LENGTH, Envelope, Outgoing, ProtocolError,
-                                error_payload, parse_envelope, validate_envelope)
+from appserver._core.envelope import (MAX_ID_LENGTH, MAX_JSON_DEPTH, MAX_TYPE_LENGTH, Envelope, Outgoing,
+                                ProtocolError, error_payload, parse_envelope, parse_json, validate_envelope)
 
 
 def code_of(raw):
@@ -89,3 +89,41 @@ def test_outgoing_frame_is_a_complete_websocket_text_frame_built_once():
     assert frame == PreparedMessage(message.payload, False, False, True).payloadHybi
     assert frame[0] == 0x81  # FIN + text opcode
     assert frame.endswith(message.payload)
+
+
+# Nesting depth ------------------------------------------------------------------------------
+
+
+def deep(depth, kind="list"):
+    text = "0"
+    for _ in range(depth):
+        text = f"[{text}]" if kind == "list" else f'{{"k": {text}}}'
+    return text
+
+
+@pytest.mark.parametrize("kind", ["list", "object"])
+def test_an_envelope_may_nest_exactly_max_json_depth_levels(kind):
+    # The envelope's own object is the first level.
+    parse_envelope(f'{{"type": "ping", "data": {deep(MAX_JSON_DEPTH - 1, kind)}}}')
+    with pytest.raises(ProtocolError) as caught:
+        parse_envelope(f'{{"type": "ping", "id": 9, "data": {deep(MAX_JSON_DEPTH, kind)}}}')
+    assert caught.value.code == "bad_json" and caught.value.request_id == 9
+
+
+def test_deeper_than_json_itself_allows_is_bad_json_too():
+    assert code_of(deep(5000).encode()) == "bad_json"
+
+
+def test_brackets_inside_strings_are_not_nesting():
+    assert parse_json('{"text": "' + "[{" * 100 + '"}') == {"text": "[{" * 100}
+
+
+def test_a_body_names_itself_in_the_error():
+    with pytest.raises(ProtocolError, match=f"the request body nests deeper than {MAX_JSON_DEPTH} levels"):
+        parse_json(deep(MAX_JSON_DEPTH + 1).encode(), "request body")
+
+
+def test_a_bad_id_is_not_echoed_with_a_depth_error():
+    with pytest.raises(ProtocolError) as caught:
+        parse_envelope(f'{{"type": "ping", "id": true, "data": {deep(MAX_JSON_DEPTH)}}}')
+    assert caught.value.request_id is None

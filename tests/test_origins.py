@@ -5,23 +5,43 @@ configured, never a look-alike host.
 
 import pytest
 
-from appserver._server.origins import OriginPolicy, compile_origin_pattern
+from appserver._server.origins import OriginPolicy, compile_origin_pattern, parse_server_name
 
 PORTS = {9000, 9001, 9002}
 
 
-def policy(*patterns):
-    return OriginPolicy(patterns, lambda: PORTS)
+def policy(*patterns, server_names=()):
+    return OriginPolicy(patterns, lambda: PORTS, server_names)
 
 
 @pytest.mark.parametrize("origin, host", [
     ("http://127.0.0.1:9000", "127.0.0.1:9001"),
     ("http://localhost:9002", "localhost:9002"),
     ("HTTP://LOCALHOST:9000", "localhost:9001"),
-    ("http://example.com:9000", "Example.com:9001"),
+    ("http://[::1]:9000", "[::1]:9001"),
+    ("http://192.0.2.10:9000", "192.0.2.10:9002"),
 ])
 def test_the_servers_own_pages_are_allowed(origin, host):
     assert policy().allows(origin, host)
+
+
+def test_a_name_is_an_own_page_only_when_given_with_server_name():
+    # The Host header alone proves nothing: under DNS rebinding the
+    # attacker's name points at this server and the page sends it as both.
+    assert not policy().allows("http://example.com:9000", "Example.com:9001")
+    assert policy(server_names=["Example.com"]).allows("http://example.com:9000", "Example.com:9001")
+    assert not policy(server_names=["example.com"]).allows("http://other.example:9000", "other.example:9001")
+
+
+def test_the_refusal_of_an_unknown_name_on_an_own_port_names_server_name():
+    advice = policy().advice("http://rebind.example:9000", "rebind.example:9001")
+    assert "--server-name rebind.example" in advice
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "chat example.com", "https://chat.example.com", "-x.example", ""])
+def test_a_server_name_must_be_a_host_name(name):
+    with pytest.raises(ValueError):
+        parse_server_name(name)
 
 
 @pytest.mark.parametrize("origin, host", [

@@ -58,7 +58,9 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        self["allowed-origin"] = []
+        for spec in OPTION_SPECS:
+            if spec.repeatable:
+                self[spec.name] = []
 
     def opt_allowed_origin(self, origin: str) -> None:
         """
@@ -67,6 +69,20 @@ class Options(usage.Options):
         repeatable. Default: the server's own pages only. * allows any.
         """
         self["allowed-origin"].append(origin)
+
+    def opt_server_name(self, name: str) -> None:
+        """
+        A host name the server's own pages are served under (besides
+        localhost and IP addresses), e.g. chat.example.com; repeatable.
+        """
+        self["server-name"].append(name)
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """
+        Address or network (127.0.0.1, 10.0.0.0/8) of a reverse proxy whose
+        X-Forwarded-For names the client; repeatable.
+        """
+        self["trusted-proxy"].append(address)
 
     def postOptions(self) -> None:
         values: dict[str, Any] = {}

@@ -20,6 +20,7 @@ class TrackerLimits:
     max_queue_messages: int = 1000
     max_queue_bytes: int = 1024 * 1024
     max_channels_per_client: int = 100
+    max_rooms_per_client: int = 20
     history_size: int = 1000
     history_age: float = 300.0
     default_policy: str = "disconnect"

@@ -20,6 +20,8 @@ __all__ = [
     "Outgoing",
     "parse_envelope",
     "validate_envelope",
+    "parse_json",
+    "MAX_JSON_DEPTH",
     "encode",
     "error_payload",
     "MAX_TYPE_LENGTH",
@@ -28,6 +30,15 @@ __all__ = [
 
 MAX_TYPE_LENGTH = 64
 MAX_ID_LENGTH = 64
+
+#: How deep incoming JSON may nest (the envelope's own object counts as one
+#: level). orjson reads 1024 levels but writes only 255: a value accepted
+#: deeper than the server can write back fails later, in a handler or a
+#: reply. 32 is deeper than any real document, and leaves the server's own
+#: wrappers (envelope, reply, poll answer) far below what it can write.
+MAX_JSON_DEPTH = 32
+
+_CONTAINERS = (dict, list)
 
 
 class ProtocolError(Exception):
@@ -88,17 +99,62 @@ def validate_envelope(value: Any) -> Envelope:
     return Envelope(message_type, value.get("data"), request_id)
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """
+    Whether C{value} nests more than C{limit} containers deep, one level at
+    a time (no recursion, so any depth is safe to measure).
+    """
+    level = [value] if type(value) in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for node in level:
+            below.extend([child for child in (node.values() if type(node) is dict else node)
+                          if type(child) in _CONTAINERS])
+        level = below
+    return False
+
+
+def parse_json(raw: bytes | str, what: str = "message") -> Any:
+    """
+    Decode JSON text that came from a client: valid, and nested at most
+    L{MAX_JSON_DEPTH} levels deep.
+
+    @param what: how the error message names the text (C{message},
+        C{request body}).
+    @raise ProtocolError: with code C{bad_json}; for a too deep object
+        carrying a usable C{id}, with that id, so the request is answered.
+    """
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("bad_json", f"the {what} is not valid JSON") from None
+    # Nesting needs an opening bracket per level: most texts have too few
+    # to be worth walking.
+    if isinstance(raw, str):
+        brackets = raw.count("[") + raw.count("{")
+    else:
+        brackets = raw.count(b"[") + raw.count(b"{")
+    if brackets > MAX_JSON_DEPTH and _too_deep(value, MAX_JSON_DEPTH):
+        request_id = value.get("id") if isinstance(value, dict) else None
+        if isinstance(request_id, bool) or not isinstance(request_id, (int, str)) or (
+                isinstance(request_id, str) and len(request_id) > MAX_ID_LENGTH):
+            request_id = None
+        raise ProtocolError("bad_json", f"the {what} nests deeper than {MAX_JSON_DEPTH} levels; "
+                                        "send flatter JSON", request_id)
+    return value
+
+
 def parse_envelope(raw: bytes | str) -> Envelope:
     """
     Decode and validate one envelope from JSON text.
 
     @raise ProtocolError: with code C{bad_json} or C{bad_envelope}.
     """
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("bad_json", "the message is not valid JSON") from None
-    return validate_envelope(value)
+    return validate_envelope(parse_json(raw))
 
 
 def error_payload(code: str, message: str, request_id: Any = None) -> dict[str, Any]:

@@ -359,12 +359,26 @@ class ClientTracker:
         """
         Enter a room; every member, the newcomer included, is told.
         Joining again under another name renames the member.
+
+        @raise ProtocolError: C{bad_data} for a bad name or a username
+            another member already has (compared without case and
+            surrounding spaces; with a cross-node backplane, among this
+            node's members only), C{limit} past the per-client room limit.
         """
         validate_room_name(room)
         validate_username(username)
-        members = self.rooms.setdefault(room, {})
         if client.rooms.get(room) == username:
             return
+        wanted = username.strip().casefold()
+        # As long as the join's own fan-out to every member: no index needed.
+        for member, name in self.rooms.get(room, {}).items():
+            if member is not client and name.strip().casefold() == wanted:
+                raise ProtocolError("bad_data", f"the username {name!r} is already taken in room {room!r}; "
+                                                "choose another")
+        if room not in client.rooms and len(client.rooms) >= self.limits.max_rooms_per_client:
+            raise ProtocolError("limit", f"at most {self.limits.max_rooms_per_client} rooms per client; "
+                                         "leave one first")
+        members = self.rooms.setdefault(room, {})
         if room in client.rooms:
             self.leave_room(client, room)
             members = self.rooms.setdefault(room, {})

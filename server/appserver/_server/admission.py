@@ -136,7 +136,7 @@ class Admission:
         if not runtime.origins.allows(visitor.origin, visitor.host):
             log.warn("refused {transport} from {peer} ({path}): origin {origin!r} not allowed; {advice}",
                      transport=_label(visitor), peer=visitor.peer, path=visitor.path, origin=visitor.origin,
-                     advice=runtime.origins.advice(visitor.origin or ""))
+                     advice=runtime.origins.advice(visitor.origin or "", visitor.host))
             return fail(Refused(403, "origin_refused", "this origin may not use this server"))
         refusal = runtime.limiter.refusal(visitor.ip)
         if refusal is not None:

@@ -23,6 +23,7 @@ from appserver._core.memory import MemoryBackplane
 from appserver._server.dispatch import Dispatcher
 from appserver._server.limits import ConnectionLimiter, TokenBucket
 from appserver._server.origins import OriginPolicy
+from appserver._server.proxies import TrustedProxies
 from appserver._server.settings import Settings
 from appserver._core.tracker import ClientTracker, TrackerEvents, TrackerLimits
 
@@ -42,6 +43,8 @@ class Runtime:
     @ivar readiness_checks: callables returning the reasons this server
         should not get new clients (empty when ready), or a Deferred of
         them; C{GET /readyz} runs them all (see L{appserver._web.health}).
+    @ivar proxies: the C{--trusted-proxy} list, which tells transports the
+        client address of a forwarded request.
     """
 
     settings: Settings
@@ -57,6 +60,7 @@ class Runtime:
     sessions: Any = None
     metrics: Any = None
     readiness_checks: list[Callable[[], Any]] = field(default_factory=list)
+    proxies: TrustedProxies = field(default_factory=TrustedProxies)
     admission: Admission = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +127,7 @@ def build_runtime(settings: Settings, app: App, reactor: IReactorTime,
             max_queue_messages=settings.max_queue_messages,
             max_queue_bytes=settings.max_queue_bytes,
             max_channels_per_client=settings.max_channels_per_client,
+            max_rooms_per_client=settings.max_rooms_per_client,
             history_size=settings.history_size,
             history_age=settings.history_age,
             default_policy=settings.queue_policy,
@@ -144,8 +149,9 @@ def build_runtime(settings: Settings, app: App, reactor: IReactorTime,
         dispatcher=Dispatcher(tracker, app, reactor),
         app=app,
         reactor=reactor,
-        origins=OriginPolicy(settings.allowed_origin, ports),
+        origins=OriginPolicy(settings.allowed_origin, ports, settings.server_name),
         limiter=ConnectionLimiter(settings.max_connections, settings.max_connections_per_ip),
         own_ports=own_ports,
+        proxies=TrustedProxies(settings.trusted_proxy),
     )
     return runtime

@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from appserver._server.origins import compile_origin_pattern
+from appserver._server.origins import compile_origin_pattern, parse_server_name
+from appserver._server.proxies import parse_proxy_network
 
 __all__ = ["Settings", "SettingsError", "OPTION_SPECS", "OptionSpec", "parse_size"]
 
@@ -153,11 +154,20 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
                "Origin allowed to open WebSockets, Ajax sessions and CORS calls: an exact origin or an anchored "
                "pattern like https://*.example.com; repeatable. Default: the server's own pages only. "
                "Use * to allow any origin.", repeatable=True),
+    OptionSpec("server-name", (), parse_server_name,
+               "A host name this server's pages are served under (chat.example.com), so that pages at that "
+               "name on one of the server's ports count as its own; repeatable. Without it only localhost and "
+               "IP addresses do: the Host header alone is never trusted (DNS rebinding).", repeatable=True),
+    OptionSpec("trusted-proxy", (), parse_proxy_network,
+               "Address or network (127.0.0.1, 10.0.0.0/8) of a reverse proxy whose X-Forwarded-For header "
+               "names the client, for the per-IP limits; repeatable. Default: none, every peer is the client.",
+               repeatable=True),
     OptionSpec("rate-limit", 50.0, _non_negative_float,
                "Messages per second each connection may send (token bucket, burst of twice this; 0 disables)."),
     OptionSpec("max-connections", 10000, _non_negative_int, "Total concurrent clients (0 = no limit)."),
     OptionSpec("max-connections-per-ip", 200, _non_negative_int, "Concurrent clients per IP address (0 = no limit)."),
     OptionSpec("max-channels-per-client", 100, _positive_int, "Channels one client may subscribe to."),
+    OptionSpec("max-rooms-per-client", 20, _positive_int, "Rooms one client may be a member of."),
     OptionSpec("poll-timeout", 25.0, _non_negative_float, "Seconds a long poll waits before answering empty."),
     OptionSpec("session-idle-timeout", 60.0, _non_negative_float,
                "Seconds an Ajax session may go without polling before it expires."),
@@ -165,7 +175,8 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("history-age", 300.0, _non_negative_float, "Seconds a message is kept for recovery."),
     OptionSpec("publish-token", None, _optional_text,
                "Token required by POST /publish (Authorization: Bearer ...). Without one, /publish "
-               "only accepts requests from loopback addresses."),
+               "only accepts requests from a loopback address that carry no forwarding header "
+               "(X-Forwarded-For, Forwarded, X-Real-IP): never through a proxy."),
     OptionSpec("shutdown-timeout", 5.0, _non_negative_float,
                "Seconds a graceful shutdown (SIGTERM) may take before connections are cut."),
     OptionSpec("state-file", None, _optional_text,
@@ -205,10 +216,13 @@ class Settings:
     ping_timeout: float = 10.0
     handshake_timeout: float = 10.0
     allowed_origin: tuple[str, ...] = ()
+    server_name: tuple[str, ...] = ()
+    trusted_proxy: tuple[str, ...] = ()
     rate_limit: float = 50.0
     max_connections: int = 10000
     max_connections_per_ip: int = 200
     max_channels_per_client: int = 100
+    max_rooms_per_client: int = 20
     poll_timeout: float = 25.0
     session_idle_timeout: float = 60.0
     history_size: int = 1000

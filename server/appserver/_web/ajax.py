@@ -7,11 +7,9 @@ as the WebSocket through the same dispatcher.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import time
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -19,11 +17,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from appserver._server.app import HTTPError, Route, RouteRequest
-from appserver._core.envelope import ProtocolError, parse_envelope, validate_envelope
+from appserver._core.envelope import ProtocolError, parse_envelope, parse_json, validate_envelope
 from appserver._web.jsonweb import JSONErrorPage, JSONResource, Rendered, jsonp_callback, query_arg
 from appserver._server.admission import Refused, Ticket, Visitor
 from appserver._web.longpoll import AjaxSession
 from appserver._core.names import validate_channel_name, validate_room_name
+from appserver._server.proxies import HeaderReader, TrustedProxies, is_local
 
 if TYPE_CHECKING:
     from appserver._server.runtime import Runtime
@@ -45,13 +44,29 @@ def _peer(request: Request) -> str:
 
 
 def _json_body(request: Request) -> Any:
+    """
+    The request's JSON body, at most C{MAX_JSON_DEPTH} levels deep.
+
+    @raise HTTPError: 400 C{bad_json}.
+    """
     raw = request.content.read() if request.content is not None else b""
     if not raw.strip():
         raise HTTPError(400, "bad_json", "the request body must be JSON")
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise HTTPError(400, "bad_json", "the request body is not valid JSON") from None
+        return parse_json(raw, "request body")
+    except ProtocolError as error:
+        raise HTTPError(400, error.code, error.message) from None
+
+
+def _header_reader(request: Request) -> HeaderReader:
+    """
+    Reads a request header by its lower-case name, as L{TrustedProxies}
+    and L{is_local} want it.
+    """
+    def header(name: str) -> str | None:
+        value = request.getHeader(name.encode("ascii"))
+        return value.decode("latin-1") if value is not None else None
+    return header
 
 
 class ClientCount(JSONResource):
@@ -169,7 +184,7 @@ class Connect(JSONResource):
             # As for /send and /disconnect: a plain GET (an <img>, a prefetch) opens nothing.
             request.setHeader(b"Allow", b"POST, OPTIONS")
             raise HTTPError(405, "method_not_allowed", "use POST, or GET with callback= for JSONP")
-        admitting = self.runtime.admission.admit(_visitor(request))
+        admitting = self.runtime.admission.admit(_visitor(request, self.runtime.proxies))
         # The caller left while the application decided: nobody would
         # learn the session, so stop deciding and give the place back.
         request.notifyFinish().addErrback(lambda _: admitting.cancel())
@@ -182,15 +197,17 @@ class Connect(JSONResource):
                 "epoch": runtime.tracker.epoch, "position": 0}
 
 
-def _visitor(request: Request) -> Visitor:
+def _visitor(request: Request, proxies: TrustedProxies) -> Visitor:
     """
-    An Ajax request that opens a session, as admission sees it.
+    An Ajax request that opens a session, as admission sees it: its
+    address is the client's, behind a C{--trusted-proxy} too.
     """
     origin = request.getHeader(b"origin")
     host = request.getHeader(b"host")
     address = request.getClientAddress()
     return Visitor(
-        transport="ajax", peer=_peer(request), ip=getattr(address, "host", str(address)),
+        transport="ajax", peer=_peer(request),
+        ip=proxies.client_address(getattr(address, "host", str(address)), _header_reader(request)),
         origin=origin.decode("latin-1") if origin else None, host=host.decode("latin-1") if host else None,
         path=request.path.decode("latin-1"),
         query={key.decode("latin-1"): [v.decode("latin-1") for v in values] for key, values in request.args.items()},
@@ -302,7 +319,8 @@ class Publish(JSONResource):
     """
     C{POST /publish} with C{{"channel": C, "data": D}}: lets other programs
     push to browsers. Needs C{Authorization: Bearer <--publish-token>}; with
-    no token configured only loopback callers may publish.
+    no token configured only local callers may publish: from loopback, and
+    through no proxy (L{is_local}).
     """
 
     methods = (b"POST",)
@@ -328,12 +346,11 @@ class Publish(JSONResource):
         token = self.runtime.settings.publish_token
         if token is None:
             address = request.getClientAddress()
-            try:
-                loopback = ipaddress.ip_address(getattr(address, "host", "")).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                raise HTTPError(403, "forbidden", "publishing from other hosts needs --publish-token")
+            if not is_local(str(getattr(address, "host", "")), _header_reader(request)):
+                # Behind a proxy every request comes from loopback: one that
+                # says it was forwarded came from elsewhere.
+                raise HTTPError(403, "forbidden", "publishing from other hosts, or through a proxy, needs "
+                                                  "--publish-token")
             return
         header = (request.getHeader(b"authorization") or b"").decode("latin-1")
         scheme, _, given = header.partition(" ")

@@ -229,10 +229,7 @@ class JSONResource(Resource):
             return self._error(request, callback, 413, "too_large",
                                f"the body is larger than {self.runtime.settings.max_message_size} bytes")
         if self.check_origin and not _origin_allowed(request, self.runtime):
-            origin = (request.getHeader(b"origin") or b"").decode("latin-1")
-            _log.warn("refused {method} {path} from origin {origin!r}; {advice}",
-                          method=method.decode(), path=request.path.decode("latin-1"),
-                          origin=origin, advice=self.runtime.origins.advice(origin))
+            self._log_refused_origin(request)
             return self._error(request, callback, 403, "origin_refused", "this origin may not use this server")
         try:
             result = self.handle(request)
@@ -282,9 +279,21 @@ class JSONResource(Resource):
     def _body(request: Request, body: bytes) -> bytes:
         return b"" if request.method == b"HEAD" else body
 
+    def _log_refused_origin(self, request: Request) -> None:
+        """
+        One line saying which origin was refused and which option would
+        accept it.
+        """
+        origin = (request.getHeader(b"origin") or b"").decode("latin-1")
+        host = request.getHeader(b"host")
+        _log.warn("refused {method} {path} from origin {origin!r}; {advice}",
+                  method=request.method.decode("latin-1"), path=request.path.decode("latin-1"), origin=origin,
+                  advice=self.runtime.origins.advice(origin, host.decode("latin-1") if host else None))
+
     def _preflight(self, request: Request) -> bytes:
         request.setHeader(b"Cache-Control", b"no-store")
         if request.getHeader(b"origin") is not None and not _set_cors(request, self.runtime):
+            self._log_refused_origin(request)
             request.setResponseCode(403)
             request.setHeader(b"Content-Type", _JSON)
             return encode(_error_body("origin_refused", "this origin may not use this server"))

@@ -183,7 +183,9 @@ class TrackedProtocol(WebSocketServerProtocol):
         transport, peer = self.transport, self.peer
         assert transport is not None and peer is not None
         address = transport.getPeer()
-        visitor = Visitor(transport="websocket", peer=peer, ip=getattr(address, "host", peer),
+        # Behind a --trusted-proxy, the client is the one it forwards.
+        ip = self.factory.runtime.proxies.client_address(getattr(address, "host", peer), request.headers.get)
+        visitor = Visitor(transport="websocket", peer=peer, ip=ip,
                           origin=request.headers.get("origin"), host=request.headers.get("host"),
                           path=request.path, query=request.params, headers=dict(request.headers),
                           cookies=_cookies(request.headers.get("cookie", "")))
