@@ -178,6 +178,9 @@ class Connect(JSONResource):
     methods = (b"GET", b"POST")
     # The origin is checked by admission, as for every transport.
     check_origin = False
+    # The caller left while the application decided: nobody would learn the
+    # session, so stop deciding and give the place back.
+    cancel_when_gone = True
 
     def handle(self, request: Request) -> Any:
         if request.method != b"POST" and jsonp_callback(request) is None:
@@ -185,9 +188,6 @@ class Connect(JSONResource):
             request.setHeader(b"Allow", b"POST, OPTIONS")
             raise HTTPError(405, "method_not_allowed", "use POST, or GET with callback= for JSONP")
         admitting = self.runtime.admission.admit(_visitor(request, self.runtime.proxies))
-        # The caller left while the application decided: nobody would
-        # learn the session, so stop deciding and give the place back.
-        request.notifyFinish().addErrback(lambda _: admitting.cancel())
         return admitting.addCallbacks(self._open, _refused)
 
     def _open(self, ticket: Ticket) -> dict[str, Any]:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from appserver._server.runtime import Runtime
 
 __all__ = ["JSONResource", "RawJSON", "Rendered", "write_json", "JSONErrorPage", "HTTPError",
-           "jsonp_callback", "CALLBACK_PATTERN", "MAX_CALLBACK_LENGTH", "query_arg"]
+           "jsonp_callback", "CALLBACK_PATTERN", "MAX_CALLBACK_LENGTH", "query_arg", "set_cors"]
 
 #: Module level with a fixed name: a class attribute would be named after
 #: its (private) module.
@@ -90,7 +90,7 @@ def _origin_allowed(request: Request, runtime: "Runtime") -> bool:
     return runtime.origins.allows(origin.decode("latin-1"), host.decode("latin-1") if host else None)
 
 
-def _set_cors(request: Request, runtime: "Runtime") -> bool:
+def set_cors(request: Request, runtime: "Runtime") -> bool:
     """
     Add CORS headers when the request's origin may read the answer;
     returns whether it may.
@@ -128,7 +128,7 @@ def write_json(request: Request, runtime: "Runtime | None", payload: Any, status
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", _JSON)
     if runtime is not None:
-        _set_cors(request, runtime)
+        set_cors(request, runtime)
     return body or encode(payload)
 
 
@@ -192,11 +192,17 @@ class JSONResource(Resource):
     @cvar check_origin: refuse (403) requests whose Origin is not allowed,
         for endpoints that change state; read-only ones merely omit the
         CORS headers so the browser hides the answer.
+    @cvar allowed_headers: the request headers a page may send (the
+        preflight's C{Access-Control-Allow-Headers}).
     """
 
     isLeaf = True
     methods: tuple[bytes, ...] = (b"GET",)
     check_origin = False
+    #: Cancel a pending answer when the caller goes away (for work nobody
+    #: would learn the result of, like opening a session).
+    cancel_when_gone = False
+    allowed_headers = b"Content-Type, Authorization, X-AppServer-Session, X-AppServer-Since"
 
     def __init__(self, runtime: "Runtime") -> None:
         super().__init__()
@@ -249,7 +255,15 @@ class JSONResource(Resource):
 
     def _finish_later(self, request: Request, callback: str | None, result: Deferred[Any]) -> None:
         finished: list[bool] = []
-        request.notifyFinish().addBoth(lambda _: finished.append(True))
+
+        def ended(outcome: object) -> None:
+            finished.append(True)
+            if isinstance(outcome, Failure) and self.cancel_when_gone:
+                # Marked finished first: the cancellation's failure must not
+                # be written to a connection that is gone.
+                result.cancel()
+
+        request.notifyFinish().addBoth(ended)
 
         def succeeded(value: Any) -> None:
             if finished:
@@ -292,15 +306,14 @@ class JSONResource(Resource):
 
     def _preflight(self, request: Request) -> bytes:
         request.setHeader(b"Cache-Control", b"no-store")
-        if request.getHeader(b"origin") is not None and not _set_cors(request, self.runtime):
+        if request.getHeader(b"origin") is not None and not set_cors(request, self.runtime):
             self._log_refused_origin(request)
             request.setResponseCode(403)
             request.setHeader(b"Content-Type", _JSON)
             return encode(_error_body("origin_refused", "this origin may not use this server"))
         request.setResponseCode(204)
         request.setHeader(b"Access-Control-Allow-Methods", b", ".join(self.methods + (b"OPTIONS",)))
-        request.setHeader(b"Access-Control-Allow-Headers",
-                          b"Content-Type, Authorization, X-AppServer-Session, X-AppServer-Since")
+        request.setHeader(b"Access-Control-Allow-Headers", self.allowed_headers)
         # As long as browsers keep a preflight (Chromium: two hours): a
         # session's requests are preflighted once per URL and per period.
         request.setHeader(b"Access-Control-Max-Age", b"7200")
