@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "server" / "appserver"
 #: (or package C{__init__}) exactly; a name ending in C{.*} for a whole
 #: subpackage.
 LAYERS = [
-    ("values", ["appserver._core.envelope", "appserver._core.outbound", "appserver._core.bounds",
+    ("values", ["appserver._version", "appserver._core.envelope", "appserver._core.outbound", "appserver._core.bounds",
                 "appserver._core.events", "appserver._core.names", "appserver._core.history",
                 "appserver._core.streamlog"]),
     ("client", ["appserver._core.client"]),
@@ -32,6 +32,7 @@ LAYERS = [
                  "appserver._server.metrics", "appserver._server.service"]),
     ("sites", ["appserver._web", "appserver._web.*"]),
     ("public", ["appserver.tap", "appserver.apps", "appserver.apps.*", "appserver"]),
+    ("command", ["appserver._cli", "appserver.__main__"]),
 ]
 
 

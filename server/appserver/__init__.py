@@ -16,10 +16,10 @@ from appserver._core.names import validate_channel_name, validate_room_name, val
 from appserver._core.tracker import ClientTracker
 from appserver._server.app import App, Context, HTTPError, RouteRequest
 from appserver._server.settings import Settings
+from appserver._version import __version__
 from appserver._web.websocket import TrackedProtocol
 from appserver.tap import build_service
 
 __all__ = ["App", "Context", "HTTPError", "RouteRequest", "Client", "ClientTracker", "Envelope",
            "ProtocolError", "Settings", "TrackedProtocol", "build_service",
            "validate_channel_name", "validate_room_name", "validate_username"]
-__version__ = "0.1.0"

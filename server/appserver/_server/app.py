@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import os
+import sys
+import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -104,7 +107,7 @@ class Route:
 class App:
     """
     An application: a set of handlers and tasks, possibly including others
-    (L{include}); the server runs exactly one, by default the built-in chat.
+    (L{include}); the server runs exactly one, by default the demo gallery.
     """
 
     name: str = "app"
@@ -250,6 +253,23 @@ class App:
         return self
 
 
+def _import_failure(reference: str, module_name: str, error: ImportError) -> str:
+    """
+    Why C{--app} could not be imported, naming where Python looked when the
+    module itself was not found (the usual mistake: running from another
+    directory).
+    """
+    missing = getattr(error, "name", None)
+    top = module_name.split(".")[0]
+    if isinstance(error, ModuleNotFoundError) and missing in (module_name, top):
+        directory = os.getcwd()
+        searched = f"the current directory ({directory}) or the installed packages" \
+            if directory in sys.path or "" in sys.path else "the installed packages"
+        return (f"--app {reference}: cannot import {module_name!r}: no module {missing!r} in {searched}; "
+                f"run from the directory that holds {top}.py, or install it")
+    return f"--app {reference}: cannot import {module_name!r}: {error}"
+
+
 def load_app(reference: str) -> App:
     """
     Import C{"package.module:attribute"} and return the L{App} it names.
@@ -263,7 +283,15 @@ def load_app(reference: str) -> App:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"--app {reference}: cannot import {module_name!r}: {error}") from None
+        raise ValueError(_import_failure(reference, module_name, error)) from None
+    except Exception as error:
+        # The module itself is broken (SyntaxError, NameError...): where, in one line.
+        where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+        at = f" at {where.filename}:{where.lineno}" if where is not None else ""
+        if isinstance(error, SyntaxError) and error.filename:
+            at = f" at {error.filename}:{error.lineno}"
+        raise ValueError(f"--app {reference}: importing {module_name!r} failed{at}: "
+                         f"{type(error).__name__}: {error}") from None
     try:
         app = getattr(module, attribute)
     except AttributeError:

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime, timezone
-from typing import IO, Any, MutableMapping, cast
+from typing import IO, Any, Callable, MutableMapping, cast
 
 import orjson
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
+from twisted.logger import (FileLogObserver, FilteringLogObserver, ILogFilterPredicate, ILogObserver, LogEvent,
+                            PredicateResult, formatEvent, textFileLogObserver)
+from zope.interface import implementer
 from twisted.python.logfile import LogFile
 
 __all__ = ["json_line", "json_lines_observer", "twistd_json_observer", "use_json_logging_in_twistd",
+           "text_observer", "twistd_text_observer", "use_text_logging_in_twistd", "without_port_chatter",
            "STANDARD_FIELDS"]
 
 #: Keys every line starts with (then C{system} when the event has one, and
@@ -84,6 +87,36 @@ def json_lines_observer(stream: IO[str]) -> ILogObserver:
     return FileLogObserver(stream, json_line)
 
 
+@implementer(ILogFilterPredicate)
+class _NoPortChatter:
+    """
+    Drops Twisted's own "LoggingSite starting on N" line: appserver already
+    says which site listens on which port, and a site announced twice
+    reads like two servers.
+    """
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
+        message: Any = event.get("message")
+        if event.get("log_namespace") == "log_legacy" and isinstance(message, tuple) and len(message) == 1 \
+                and str(message[0]).startswith("LoggingSite starting on "):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
+def without_port_chatter(observer: ILogObserver) -> ILogObserver:
+    """
+    C{observer}, less the port chatter appserver's own lines repeat.
+    """
+    return FilteringLogObserver(observer, [_NoPortChatter()])
+
+
+def text_observer(stream: IO[str]) -> ILogObserver:
+    """
+    Twisted's text lines, without the port chatter.
+    """
+    return without_port_chatter(textFileLogObserver(stream))
+
+
 #: Where twistd would have written text logs, recorded while twistd parses
 #: its command line: twistd takes C{--logger} as a dotted name and calls it
 #: without arguments, so the factory cannot be handed them.
@@ -97,11 +130,22 @@ def twistd_json_observer() -> ILogObserver:
     would write text (see C{twisted.scripts._twistd_unix.UnixAppLogger}).
     Used alone, without C{--log-format json}, it writes to standard output.
     """
+    return without_port_chatter(_twistd_observer(json_lines_observer))
+
+
+def twistd_text_observer() -> ILogObserver:
+    """
+    Like L{twistd_json_observer}, for text lines (L{text_observer}).
+    """
+    return _twistd_observer(text_observer)
+
+
+def _twistd_observer(make: Callable[[IO[str]], ILogObserver]) -> ILogObserver:
     logfile, nodaemon = _twistd_destination or (None, True)
     if logfile == "-" and not nodaemon:
         sys.exit("Daemons cannot log to stdout, exiting!")
     if logfile == "-" or (nodaemon and not logfile):
-        return json_lines_observer(sys.stdout)
+        return make(sys.stdout)
     destination = LogFile.fromFullPath(logfile or "twistd.log")
     try:
         import signal
@@ -114,7 +158,7 @@ def twistd_json_observer() -> ILogObserver:
                 # Every Twisted reactor provides it; the global's static type omits it.
                 cast(IReactorFromThreads, reactor).callFromThread(destination.rotate)
             signal.signal(signal.SIGUSR1, rotate)
-    return json_lines_observer(destination)
+    return make(destination)
 
 
 def use_json_logging_in_twistd(twistd_options: MutableMapping[str, Any] | None) -> bool:
@@ -127,9 +171,22 @@ def use_json_logging_in_twistd(twistd_options: MutableMapping[str, Any] | None) 
     @return: whether JSON logging was arranged (not when outside twistd, or
         when C{--logger} or C{--syslog} was given explicitly).
     """
+    return _use_twistd_logger(twistd_options, twistd_json_observer)
+
+
+def use_text_logging_in_twistd(twistd_options: MutableMapping[str, Any] | None) -> bool:
+    """
+    Like L{use_json_logging_in_twistd}, for twistd's usual text lines less
+    the port chatter (L{text_observer}).
+    """
+    return _use_twistd_logger(twistd_options, twistd_text_observer)
+
+
+def _use_twistd_logger(twistd_options: MutableMapping[str, Any] | None,
+                       factory: Callable[[], ILogObserver]) -> bool:
     global _twistd_destination
     if twistd_options is None or twistd_options.get("logger") or twistd_options.get("syslog"):
         return False
     _twistd_destination = (twistd_options.get("logfile") or None, bool(twistd_options.get("nodaemon")))
-    twistd_options["logger"] = f"{__name__}.{twistd_json_observer.__name__}"
+    twistd_options["logger"] = f"{__name__}.{factory.__name__}"
     return True

@@ -111,7 +111,13 @@ def make_backplane(settings: Settings, reactor: Any) -> IBackplane:
     if url in ("memory", "memory://") or scheme == "memory":
         return MemoryBackplane()
     if scheme == "redis":
-        from appserver._redis.backplane import RedisBackplane
+        try:
+            from appserver._redis.backplane import RedisBackplane
+        except ModuleNotFoundError as error:
+            if (error.name or "appserver").startswith("appserver"):
+                raise
+            raise ValueError(f"--backplane {scheme}://...: the Redis backplane needs {error.name}, from appserver's "
+                             f'redis extra: run pip install "appserver[redis]"') from None
         return RedisBackplane.from_settings(settings, reactor)
     raise ValueError(f"--backplane {url!r}: use memory:// or redis://host:port/db")
 

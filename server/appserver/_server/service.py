@@ -5,23 +5,24 @@ the application's tasks, and a graceful shutdown.
 
 from __future__ import annotations
 
+import errno
 import random
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from appserver._core.backplane import BackplaneUnavailable
 from appserver._server.persistence import load_state, save_state
 from appserver._server.runtime import Runtime
 
-__all__ = ["AppServerService", "SiteService"]
+__all__ = ["AppServerService", "SiteService", "StartupError", "SITE_OPTIONS"]
 
 #: Module level with a fixed name: a class attribute would be named after
 #: its (private) module.
@@ -35,6 +36,40 @@ RECONNECT_SPREAD_MS = (500, 3000)
 #: Twisted's default listen backlog is 50: a burst of reconnects after a
 #: restart would wait for SYN retries. Used when the endpoint names none.
 DEFAULT_BACKLOG = 1024
+
+
+#: The command-line option that sets each site's endpoint.
+SITE_OPTIONS = {"static": "--static", "ajax": "--ajax", "ws": "--ws", "single": "--listen"}
+
+
+class StartupError(Exception):
+    """
+    The server cannot start. The message is one line for the operator: what
+    failed and which option to change. The C{appserver} command and
+    C{twistd appserver} print it instead of a traceback.
+    """
+
+
+def _listen_failure(name: str, description: str, error: BaseException | None) -> StartupError:
+    """
+    Why a site could not listen, and the option that moves it.
+    """
+    option = SITE_OPTIONS.get(name, f"--{name}")
+    cause = getattr(error, "socketError", None) or error
+    code = getattr(cause, "errno", None)
+    if code == errno.EADDRINUSE:
+        reason = "the address is already in use (another appserver, or another program, listens there)"
+    elif code == errno.EACCES:
+        reason = "permission denied (ports below 1024 need privileges)"
+    elif code == errno.EADDRNOTAVAIL:
+        reason = "this machine has no such address"
+    else:
+        reason = str(getattr(cause, "strerror", None) or cause)
+    parts = description.split(":")
+    example = f"tcp:{int(parts[1]) + 100}" if len(parts) > 1 and parts[1].isdigit() and parts[1] != "0" \
+        else "tcp:0"
+    return StartupError(f"the {name} site cannot listen on {description}: {reason}; "
+                        f"pass {option} with another endpoint (for example {option} {example})")
 
 
 def with_default_backlog(description: str) -> str:
@@ -53,6 +88,18 @@ def _startup_hook_failed(failure: Failure, hook: Callable[..., Any]) -> None:
     Log a startup hook's failure; the server starts anyway.
     """
     _log.failure("startup hook {hook} failed", failure, hook=getattr(hook, "__name__", hook))
+
+
+class _DrainingSite(Protocol):
+    """
+    What the graceful shutdown asks of a site (L{appserver._web.site.LoggingSite}).
+    """
+
+    def drain(self) -> None: ...
+
+    def open_connections(self) -> int: ...
+
+    def abort_connections(self) -> None: ...
 
 
 class SiteService(Service):
@@ -78,12 +125,10 @@ class SiteService(Service):
         outcome: list[Any] = []
         endpoint.listen(self.site).addBoth(outcome.append)
         if not outcome:
-            raise CannotListenError(None, self.description, "listening did not complete at start-up")
+            raise StartupError(f"the {self.name} site did not start listening on {self.description} at start-up")
         result = outcome[0]
         if isinstance(result, Failure):
-            error = result.value
-            raise CannotListenError(None, self.description,
-                                    f"the {self.name} site cannot listen on {self.description}: {error}")
+            raise _listen_failure(self.name, self.description, result.value)
         self.port = result
         self.on_listening(self.name, result)
 
@@ -103,7 +148,15 @@ class AppServerService(MultiService):
     builds it.
 
     @ivar ports: the port each site listens on, by site name, once started.
+    @ivar addresses: the address each site listens on, by site name.
+    @ivar banner: when set, what to log once every site listens (the
+        command line sets it: which application runs and the URLs to open).
+    @ivar exit_on_startup_error: under twistd, turn a L{StartupError} into
+        one logged line and exit status 1 instead of a traceback.
     """
+
+    banner: Callable[[], str] | None = None
+    exit_on_startup_error = False
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
@@ -112,6 +165,7 @@ class AppServerService(MultiService):
         self.settings = runtime.settings
         self.app = runtime.app
         self.ports: dict[str, int] = runtime.site_ports
+        self.addresses: dict[str, IPv4Address | IPv6Address] = {}
         self._tasks: list[LoopingCall] = []
         self.runtime.readiness_checks.extend([self._sites_not_listening, runtime.tracker.backplane.not_ready])
 
@@ -126,6 +180,7 @@ class AppServerService(MultiService):
         # Sites listen on TCP endpoints (tcp:, tcp6:, ssl:), whose address has a port.
         assert isinstance(address, (IPv4Address, IPv6Address))
         number = address.port
+        self.addresses[name] = address
         self.ports[name] = number
         self.runtime.own_ports.add(number)
         _log.info("appserver {site} site listening on port {port}", site=name, port=number)
@@ -141,6 +196,21 @@ class AppServerService(MultiService):
     # Life cycle -----------------------------------------------------------
 
     def startService(self) -> None:
+        """
+        Start everything, or fail with a L{StartupError} saying what to
+        change.
+        """
+        try:
+            self._start()
+        except (StartupError, BackplaneUnavailable) as error:
+            if not self.exit_on_startup_error:
+                raise
+            _log.critical("appserver cannot start: {reason}", reason=str(error))
+            raise SystemExit(1) from None
+        if self.banner is not None:
+            _log.info("{banner}", banner=self.banner())
+
+    def _start(self) -> None:
         state_file = self._state_file()
         if state_file:
             # Before listening: the first client must already see the old epoch.
@@ -183,7 +253,8 @@ class AppServerService(MultiService):
         """
         Graceful shutdown: refuse newcomers, tell every client to reconnect
         after a jittered delay, close WebSockets with 1001, answer pending
-        polls, stop listening, and give connections C{shutdown-timeout}
+        polls, stop listening, drain (answer every request being processed,
+        close idle connections), and give connections C{shutdown-timeout}
         seconds to go before cutting the rest.
         """
         runtime = self.runtime
@@ -206,9 +277,21 @@ class AppServerService(MultiService):
             # A waiting poll is answered with its reconnect envelope and the close.
             runtime.sessions.close_all(1001, "server shutting down")
         yield super().stopService()
+        # Drain: the requests being processed are answered before the exit
+        # (a publish applied must reach its publisher), idle connections close.
+        sites: list[_DrainingSite] = [child.site for child in self
+                                      if isinstance(child, SiteService) and hasattr(child.site, "drain")]
+        for site in sites:
+            site.drain()
         deadline = self.reactor.seconds() + self.settings.shutdown_timeout
-        while tracker.client_count and self.reactor.seconds() < deadline:
+        while (tracker.client_count or any(site.open_connections() for site in sites)) \
+                and self.reactor.seconds() < deadline:
             yield deferLater(self.reactor, 0.05, lambda: None)
+        for site in sites:
+            if site.open_connections():
+                _log.warn("shutdown: cutting {count} HTTP connections still open after {timeout} s",
+                          count=site.open_connections(), timeout=self.settings.shutdown_timeout)
+                site.abort_connections()
         for client in list(tracker.clients.values()):
             protocol = getattr(client, "protocol", None)
             if protocol is not None and protocol.transport is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -27,8 +28,9 @@ from appserver._web.writes import WriteCoalescer
 
 if TYPE_CHECKING:
     from appserver._server.runtime import Runtime
+    from appserver._server.settings import Settings
 
-__all__ = ["SiteSpec", "build_sites", "build_ajax_resource", "build_websocket_resource", "client_urls"]
+__all__ = ["SiteSpec", "build_sites", "build_ajax_resource", "build_websocket_resource", "client_urls", "open_urls"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,32 @@ def build_websocket_resource(runtime: "Runtime") -> Resource:
         for path, protocol in runtime.app.endpoints.items()
     }
     return _WebSocketRoot(main, endpoints)
+
+
+def open_urls(settings: "Settings", addresses: Mapping[str, IPv4Address | IPv6Address]) -> dict[str, str]:
+    """
+    The URLs a person on this machine opens to reach the running sites
+    (C{pages}, C{ajax}, C{ws}), from the addresses they listen on: a site
+    listening on every interface is reached through the loopback address.
+    """
+    def base(name: str, plain: str, secure: str) -> str:
+        address = addresses[name]
+        host = address.host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        description = settings.listen if name == "single" else getattr(settings, name)
+        scheme = secure if (description or "").startswith("ssl:") else plain
+        return f"{scheme}://{host}:{address.port}"
+
+    if "single" in addresses:
+        root = base("single", "http", "https")
+        return {"pages": root + "/", "ajax": root + "/ajax", "ws": base("single", "ws", "wss") + "/ws"}
+    return {"pages": base("static", "http", "https") + "/", "ajax": base("ajax", "http", "https"),
+            "ws": base("ws", "ws", "wss") + "/"}
 
 
 def client_urls(runtime: "Runtime", request: Request) -> dict[str, str]:

@@ -41,6 +41,38 @@ _CONTENT_TYPES = {
 }
 
 
+#: The 404 page: styled like the demo pages but self-contained (a site
+#: started with --html may have no style sheet), naming no path.
+_NOT_FOUND_PAGE = b"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Page not found</title>
+<link rel="icon" href="data:,">
+<style>
+body { margin: 0; background: #f4f6fa; color: #1d2330; line-height: 1.45;
+       font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }
+header { background: #1d2330; color: #fff; padding: 0.9rem 1.5rem; }
+header p { margin: 0; font-size: 1.25rem; font-weight: 600; }
+main { max-width: 40rem; margin: 2rem auto; padding: 1.25rem 1.5rem; background: #fff;
+       border: 1px solid #d9dee8; border-radius: 8px; }
+@media (max-width: 42rem) { main { margin: 1rem 0.6rem; } }
+h1 { margin: 0 0 0.5rem; font-size: 1.3rem; }
+a { color: #2457c5; }
+</style>
+</head>
+<body>
+<header><p>appserver</p></header>
+<main>
+<h1>404: page not found</h1>
+<p>Nothing is served at this address. Check the link, or go back to <a href="/">the start page</a>.</p>
+</main>
+</body>
+</html>
+"""
+
+
 class _NotFound(Resource):
     """
     A 404 that says nothing about the server's files.
@@ -55,7 +87,7 @@ class _NotFound(Resource):
         request.setHeader(b"Cache-Control", b"no-store")
         if request.method == b"HEAD":
             return b""
-        return b"<!doctype html><title>404 Not Found</title><h1>404 Not Found</h1><p>No such page.</p>"
+        return _NOT_FOUND_PAGE
 
 
 class SafeFile(File):
