@@ -159,7 +159,7 @@ def test_send_dispatches_and_the_answer_arrives_by_poll(ajax):
     session = ajax.connect()
     assert ajax.send(session, {"type": "ping", "data": 1, "id": 2}).json() == {"ok": True}
     messages = ajax.poll(session, 0).json()["messages"]
-    assert messages[-1] == {"type": "pong", "id": 2, "data": 1}
+    assert messages[-1] == {"type": "reply", "re": "ping", "id": 2, "data": 1}
 
 
 def test_send_by_jsonp(ajax):

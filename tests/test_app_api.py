@@ -220,7 +220,7 @@ async def test_a_handler_pushes_to_the_caller_a_client_a_channel_a_room_and_ever
     caller = await connect(server, reactor)
     other = await connect(server, reactor)
     send(other, "subscribe", {"channel": "news"}, 1)
-    assert (await next_message(other, reactor, "subscribed"))["id"] == 1
+    assert (await next_message(other, reactor, "reply"))["id"] == 1
     send(other, "join", {"room": "lobby", "username": "other"}, 2)
     assert (await answer(other, reactor, 2))["type"] == "reply"
     send(caller, "push", {"client_id": other.client_id})
@@ -610,7 +610,7 @@ async def test_gallery_board_keeps_the_latest_posts_newest_first(server_factory,
     server = await server_factory(app=build_app(seed=1), rate_limit=0)
     reader, writer = await connect(server, reactor), await connect(server, reactor)
     send(reader, "subscribe", {"channel": "board"}, "s")
-    await next_message(reader, reactor, "subscribed")
+    await next_message(reader, reactor, "reply")
     for number in range(1, MAX_POSTS + 6):
         send(writer, "board_post", {"author": "ann", "text": f"post {number}"}, number)
     last = await answer(writer, reactor, MAX_POSTS + 5)
@@ -635,7 +635,7 @@ async def test_gallery_editor_versions_and_publishes_the_text(server_factory, re
     first, second = await connect(server, reactor), await connect(server, reactor)
     assert (await ask(second, reactor, "editor_load"))["data"] == {"text": "", "version": 0}
     send(second, "subscribe", {"channel": "editor"}, "s")
-    await next_message(second, reactor, "subscribed")
+    await next_message(second, reactor, "reply")
     assert (await ask(first, reactor, "editor_update", {"text": "hello"}, 2))["data"] == {"version": 1}
     published = await next_message(second, reactor, "message")
     assert published["data"] == {"text": "hello", "version": 1, "author": first.client_id}
@@ -667,7 +667,7 @@ async def test_gallery_ticker_is_read_only_conflated_and_has_a_snapshot(server_f
     snapshot = (await ask(client, reactor, "ticker_snapshot"))["data"]["quotes"]
     assert [q["symbol"] for q in snapshot] == list(SYMBOLS)
     send(client, "subscribe", {"channel": "prices.ACME"}, "s")
-    await next_message(client, reactor, "subscribed")
+    await next_message(client, reactor, "reply")
     quote = (await next_message(client, reactor, "message", timeout=3))["data"]
     assert quote["symbol"] == "ACME" and quote["price"] > 0 and quote["volume"] > 0
     assert set(quote) == {"symbol", "price", "change", "change_pct", "volume", "time"}
@@ -682,7 +682,7 @@ async def test_gallery_dashboard_pushes_and_serves_the_same_counter(server_facto
     server = await server_factory(app=app)
     client = await connect(server, reactor)
     send(client, "subscribe", {"channel": "dashboard"}, "s")
-    await next_message(client, reactor, "subscribed")
+    await next_message(client, reactor, "reply")
     pushed = (await next_message(client, reactor, "message", timeout=3))["data"]
     assert pushed["counter"] >= 1
     code, body = await get(server.ajax_url + "/dashboard_state?callback=cb")

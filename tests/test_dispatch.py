@@ -195,13 +195,20 @@ def test_chat_with_wrong_data_is_bad_data(dispatcher, client, data):
 # Built-ins -------------------------------------------------------------------------------
 
 
-def test_subscribe_and_unsubscribe_are_acknowledged_with_the_id(dispatcher, client, tracker):
+def test_subscribe_and_unsubscribe_requests_are_answered_by_a_reply_with_the_id(dispatcher, client, tracker):
     assert only(send(dispatcher, client, "subscribe", {"channel": "news"}, 1)) == {
-        "type": "subscribed", "id": 1, "data": {"channel": "news"}}
+        "type": "reply", "re": "subscribe", "id": 1, "data": {"channel": "news"}}
     assert tracker.subscriber_count("news") == 1
     assert only(send(dispatcher, client, "unsubscribe", {"channel": "news"}, 2)) == {
-        "type": "unsubscribed", "id": 2, "data": {"channel": "news"}}
+        "type": "reply", "re": "unsubscribe", "id": 2, "data": {"channel": "news"}}
     assert tracker.subscriber_count("news") == 0
+
+
+def test_subscribe_and_unsubscribe_without_an_id_are_acknowledged_with_their_own_type(dispatcher, client):
+    assert only(send(dispatcher, client, "subscribe", {"channel": "news"})) == {
+        "type": "subscribed", "id": None, "data": {"channel": "news"}}
+    assert only(send(dispatcher, client, "unsubscribe", {"channel": "news"})) == {
+        "type": "unsubscribed", "id": None, "data": {"channel": "news"}}
 
 
 @pytest.mark.parametrize("message_type", ["subscribe", "unsubscribe", "publish", "join", "leave", "members",
@@ -258,14 +265,19 @@ def test_join_with_a_bad_username_is_bad_data(dispatcher, client):
 
 
 def test_ping_is_answered_with_pong_and_the_same_data(dispatcher, client):
-    assert only(send(dispatcher, client, "ping", {"t": 1}, 7)) == {"type": "pong", "id": 7, "data": {"t": 1}}
+    assert only(send(dispatcher, client, "ping", {"t": 1})) == {"type": "pong", "id": None, "data": {"t": 1}}
+
+
+def test_a_ping_request_is_answered_by_a_reply_with_the_same_data(dispatcher, client):
+    assert only(send(dispatcher, client, "ping", {"t": 1}, 7)) == {"type": "reply", "re": "ping", "id": 7,
+                                                                   "data": {"t": 1}}
 
 
 def test_resume_subscribes_replays_and_answers_resumed(dispatcher, client, tracker):
     tracker.publish("news", "missed")
     sent = send(dispatcher, client, "resume", {"epoch": "e1", "since": 0, "channels": ["news"]}, 1)
     assert sent[0]["data"] == "missed"
-    assert sent[-1] == {"type": "resumed", "id": 1,
+    assert sent[-1] == {"type": "reply", "re": "resume", "id": 1,
                         "data": {"recovered": True, "epoch": "e1", "position": tracker.position}}
     assert client.channels == {"news"}
 

@@ -113,7 +113,7 @@ async def error_code(client, reactor, message_type, data=None, request_id=1):
 
 async def subscribe(client, reactor, channel):
     send(client, "subscribe", {"channel": channel}, "s")
-    assert (await next_message(client, reactor, "subscribed"))["id"] == "s"
+    assert (await next_message(client, reactor, "reply"))["id"] == "s"
 
 
 async def http(method, url, body=None):

@@ -436,7 +436,9 @@ def test_a_reconnecting_client_resumes_with_what_it_missed(ws):
     second.send({"type": "resume", "data": {"epoch": epoch, "since": since, "channels": ["news"]}, "id": 1})
     replayed = [m["data"] for m in second.messages[1:-1]]
     assert replayed == ["missed", "missed too"]
-    assert second.messages[-1]["type"] == "resumed" and second.messages[-1]["data"]["recovered"] is True
+    # A resume with an id is a request: its answer is a reply (protocol.md, Requests).
+    assert second.messages[-1]["type"] == "reply" and second.messages[-1]["re"] == "resume"
+    assert second.messages[-1]["data"]["recovered"] is True
 
 
 # Raw endpoints ------------------------------------------------------------------------------------------

@@ -3,9 +3,12 @@ From a validated envelope to the code that handles it, and from the
 handler's result to the reply, identically for every transport.
 
 Built-in types (channels, rooms, recovery, ping) are handled here; every
-other type goes to the application's handlers. Whatever a handler does
-(return, raise, return a failing Deferred) the client gets exactly one
-answer when it asked for one, and the connection stays open.
+other type goes to the application's handlers. One rule for every type: a
+request with an C{id} gets exactly one answer carrying that C{id}, a
+C{reply} or an C{error}, whatever a handler does (return, raise, return a
+failing Deferred), and the connection stays open. Without an C{id}, the
+built-ins that acknowledge answer with their own type (C{subscribed},
+C{unsubscribed}, C{members}, C{resumed}, C{pong}).
 """
 
 from __future__ import annotations
@@ -128,7 +131,15 @@ class Dispatcher:
                     f"the server failed to handle {envelope.type!r}; the error was logged", envelope.id)
 
     def _ack(self, client: Client, envelope: Envelope, message_type: str, data: Any) -> None:
-        self.tracker.send_to(client, {"type": message_type, "id": envelope.id, "data": data})
+        """
+        Answer a built-in by the one rule every request follows: with an
+        C{id}, the answer is a C{reply} (or an C{error}) like any handler's;
+        without one, the built-in's own type (C{subscribed}, C{pong}, ...).
+        """
+        if envelope.id is not None:
+            self._reply(client, envelope, data)
+        else:
+            self.tracker.send_to(client, {"type": message_type, "id": None, "data": data})
 
     # Built-in handlers ---------------------------------------------------
 
@@ -172,11 +183,7 @@ class Dispatcher:
             lambda failure: self._async_failed(client, envelope, failure))
 
     def _members_found(self, client: Client, envelope: Envelope, room: str, names: list[str]) -> None:
-        members = {"room": room, "members": names}
-        if envelope.id is not None:
-            self._reply(client, envelope, members)
-        else:
-            self._ack(client, envelope, "members", members)
+        self._ack(client, envelope, "members", {"room": room, "members": names})
 
     def _resume(self, client: Client, envelope: Envelope) -> None:
         data = _require_object(envelope.data, "epoch", "since")
