@@ -196,6 +196,7 @@ class Node:
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--pidfile=", "-n", "appserver",
+             "--app", "appserver.apps.chat:app",
              "--listen", "tcp:0:interface=127.0.0.1", "--backplane", redis.url if redis else "memory://",
              "--node-id", name,
              "--access-log", "false", "--rate-limit", "0", "--max-connections-per-ip", "0"],

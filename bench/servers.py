@@ -60,6 +60,7 @@ SERVER_SPECS: dict[str, ServerSpec] = {
         name="appserver",
         argv=(
             _twistd(), "--pidfile=", "-n", "appserver",
+            "--app", "appserver.apps.chat:app",
             "--static", "tcp:0:interface=127.0.0.1",
             "--ajax", "tcp:{ajax_port}:interface=127.0.0.1",
             "--ws", "tcp:{ws_port}:interface=127.0.0.1",

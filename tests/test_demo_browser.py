@@ -21,7 +21,8 @@ def server(server_process):
 
 
 def count_text(n: int) -> re.Pattern[str]:
-    return re.compile(rf"^There are {n} clients connected as of .+\.$")
+    counted = "There is 1 client" if n == 1 else f"There are {n} clients"
+    return re.compile(rf"^{counted} connected as of .+\.$")
 
 
 def connected(page, transport: str) -> None:

@@ -51,7 +51,8 @@ def balanced(tmp_path, server_process):
 
 
 def count_text(n: int) -> re.Pattern[str]:
-    return re.compile(rf"^There are {n} clients connected as of .+\.$")
+    counted = "There is 1 client" if n == 1 else f"There are {n} clients"
+    return re.compile(rf"^{counted} connected as of .+\.$")
 
 
 def test_demo_page_through_nginx_on_two_nodes(balanced, new_page):

@@ -101,8 +101,12 @@ class ServerProcess:
     def command(self) -> list[str]:
         sites = ["--listen", LOOPBACK] if self.single_port else \
             ["--static", LOOPBACK, "--ajax", LOOPBACK, "--ws", LOOPBACK]
+        # The chat unless the test names its application: the default (the
+        # gallery) publishes on timers, which would add traffic to the test.
+        app = [] if any(arg == "--app" or arg.startswith("--app=") for arg in self.args) else \
+            ["--app", "appserver.apps.chat:app"]
         return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "--pidfile=", "-n", "appserver", *sites, *self.args]
+                "--pidfile=", "-n", "appserver", *sites, *app, *self.args]
 
     def start(self) -> None:
         self._log = open(self.log_path, "wb")

@@ -135,8 +135,9 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
                "on this one endpoint instead of the three above."),
     OptionSpec("html", None, _optional_text, "Directory of the pages served at / (default: the bundled demo pages)."),
     OptionSpec("js", None, _optional_text, "Directory served at /js/ (default: the bundled browser client)."),
-    OptionSpec("app", "appserver.apps.chat:app", _text,
-               "The application to run, as module:attribute (default: the built-in chat)."),
+    OptionSpec("app", "appserver.apps.gallery:app", _text,
+               "The application to run, as module:attribute; the demo gallery runs every demo page, the "
+               "chat included."),
     OptionSpec("max-message-size", 1024 * 1024, parse_size,
                "Largest WebSocket message or Ajax body accepted, in bytes; larger closes with 1009 / answers 413."),
     OptionSpec("max-queue-bytes", 1024 * 1024, parse_size,
@@ -207,7 +208,7 @@ class Settings:
     listen: str | None = None
     html: str | None = None
     js: str | None = None
-    app: str = "appserver.apps.chat:app"
+    app: str = "appserver.apps.gallery:app"
     max_message_size: int = 1024 * 1024
     max_queue_bytes: int = 1024 * 1024
     max_queue_messages: int = 1000

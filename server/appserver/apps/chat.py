@@ -1,6 +1,7 @@
 """
-The original demo's chat, written as an application on the public API: it is
-the default C{--app}, and the smallest example of a handler.
+The original demo's chat, written as an application on the public API: the
+smallest example of a handler, included by the default C{--app} (the demo
+gallery) and by the README's own application.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ text or binary, as it came. It is built on the same protocol base class as
 the envelope endpoint, so it gets the same size limits, pings and origin
 policy, and its clients are counted by the tracker.
 
-    twistd -n appserver --app appserver.apps.echo:app
+    appserver --app appserver.apps.echo:app
 """
 
 from __future__ import annotations

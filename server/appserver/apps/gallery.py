@@ -1,8 +1,8 @@
 """
 The server side of the demo gallery (C{html/gallery.html}): one application
 that includes the chat and adds every demo, each a few lines on the public
-L{App} API. Run it with C{twistd -n appserver --app appserver.apps.gallery:app}
-(C{make run} does).
+L{App} API. It is the default C{--app}: C{appserver} (and C{make run}) runs
+it.
 
 The demos' state (prices, the board, the editor's text, the dashboard's
 counter) lives in a L{GalleryState} made by L{build_app}, not in module
