@@ -97,6 +97,10 @@ class _DrainingSite(Protocol):
 
     def drain(self) -> None: ...
 
+    def busy_connections(self) -> int: ...
+
+    def close_idle_connections(self) -> None: ...
+
     def open_connections(self) -> int: ...
 
     def abort_connections(self) -> None: ...
@@ -278,14 +282,19 @@ class AppServerService(MultiService):
             runtime.sessions.close_all(1001, "server shutting down")
         yield super().stopService()
         # Drain: the requests being processed are answered before the exit
-        # (a publish applied must reach its publisher), idle connections close.
+        # (a publish applied must reach its publisher); then idle
+        # connections close, after their last answer was written.
         sites: list[_DrainingSite] = [child.site for child in self
                                       if isinstance(child, SiteService) and hasattr(child.site, "drain")]
         for site in sites:
             site.drain()
         deadline = self.reactor.seconds() + self.settings.shutdown_timeout
-        while (tracker.client_count or any(site.open_connections() for site in sites)) \
+        while (tracker.client_count or any(site.busy_connections() for site in sites)) \
                 and self.reactor.seconds() < deadline:
+            yield deferLater(self.reactor, 0.05, lambda: None)
+        for site in sites:
+            site.close_idle_connections()
+        while any(site.open_connections() for site in sites) and self.reactor.seconds() < deadline:
             yield deferLater(self.reactor, 0.05, lambda: None)
         for site in sites:
             if site.open_connections():
