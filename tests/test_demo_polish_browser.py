@@ -121,3 +121,19 @@ def test_a_demo_on_a_server_without_the_gallery_says_what_it_needs(server_proces
     note = page.locator("#needs-gallery")
     expect(note).to_contain_text("needs the gallery application", timeout=15_000)
     expect(note).to_contain_text("--app appserver.apps.gallery:app")
+
+
+def test_a_name_already_in_the_room_is_refused_on_the_page(gallery, new_page):
+    first = new_page(gallery.url("static") + "/rooms.html")
+    second = new_page(gallery.url("static") + "/rooms.html")
+    for page in (first, second):
+        expect(page.locator("#status")).to_have_text("connected over websocket")
+        page.fill("#username", "alice")
+    first.click("#join")
+    expect(first.locator("#joined")).to_have_text("In room lobby as alice.")
+    second.click("#join")
+    expect(second.locator("#joined")).to_have_text(re.compile(r"^Could not join lobby: .*'alice' is already taken"))
+    expect(second.locator("#leave")).to_be_disabled()
+    # The first page still holds the name, alone in the room.
+    expect(first.locator("#members li")).to_have_count(1)
+    expect(first.locator("#joined")).to_have_text("In room lobby as alice.")
