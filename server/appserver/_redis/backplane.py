@@ -107,7 +107,8 @@ class RedisBackplane:
                                 error=self._background_error),
             reactor)
         self.presence = Presence(self.keys, node_id, location.ttl, self.connections, reactor,
-                                 synced=lambda: self._synced, send_to_room=self.send_to_room)
+                                 synced=lambda: self._synced, send_to_room=self.send_to_room,
+                                 nodes_seen=lambda live: self.router.homes_live(live))
         self.recovery = Recovery(self.keys, node_id, self.connections, history_age)
         self.router = SessionRouter(node_id, self._send_to_node, self.presence.is_live, reactor, poll_timeout)
         self._heartbeat: LoopingCall | None = None

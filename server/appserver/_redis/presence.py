@@ -167,13 +167,16 @@ class Presence:
 
     def __init__(self, keys: "KeySpace", node_id: str, ttl: float, connections: "RedisConnections",
                  reactor: Any, synced: Callable[[], bool],
-                 send_to_room: Callable[[str, dict[str, Any]], int]) -> None:
+                 send_to_room: Callable[[str, dict[str, Any]], int],
+                 nodes_seen: Callable[[set[str]], None] = lambda live: None) -> None:
         """
         @param ttl: seconds without a heartbeat after which a node is dead.
         @param synced: whether this node has caught up since it last
             connected (before that, what it would share may be stale).
         @param send_to_room: delivers an envelope to a room on every node
             (to announce a dead node's members' departure).
+        @param nodes_seen: told the other live nodes each time Redis was
+            asked (so requests waiting for a dead node are answered now).
         """
         self.keys = keys
         self.node_id = node_id
@@ -183,6 +186,7 @@ class Presence:
         self.reactor = reactor
         self.synced = synced
         self.send_to_room = send_to_room
+        self.nodes_seen = nodes_seen
         self.node: ILocalNode | None = None
         self.live_nodes: set[str] = set()
         self._pending: Any = None
@@ -301,6 +305,7 @@ class Presence:
     def refresh_live_nodes(self) -> "defer.Deferred[None]":
         def seen(view: dict[str, bytes]) -> None:
             self.live_nodes = set(view)
+            self.nodes_seen(self.live_nodes)
 
         return self._view(COUNTS_FIELD).addCallback(seen)
 
@@ -320,6 +325,7 @@ class Presence:
 
         def summed(view: dict[str, bytes]) -> dict[str, int]:
             self.live_nodes = set(view)
+            self.nodes_seen(self.live_nodes)
             return sum_counts(node.count_by_transport(), view)
 
         def failed(failure: Failure) -> dict[str, int]:

@@ -252,6 +252,22 @@ class SessionRouter:
         self._waiting[request_id] = _Waiting(request, resource, home, timer)
         request.notifyFinish().addErrback(lambda _: self._client_gone(request_id))
 
+    def homes_live(self, live: set[str]) -> None:
+        """
+        The other nodes live now, as Redis just said: a request waiting
+        for a home that is not among them is answered 410 at once, within
+        the node TTL of that node's death, instead of at its own timeout
+        (a routed poll waits the poll timeout and a margin).
+        """
+        for request_id, entry in list(self._waiting.items()):
+            if entry.home in live or entry.home == self.node_id:
+                continue
+            del self._waiting[request_id]
+            if entry.timer.active():
+                entry.timer.cancel()
+            self._answer_error(entry.resource, entry.request, 410, "unknown_session",
+                               "this session's node is gone: call /connect again, then resume")
+
     def _timed_out(self, request_id: int) -> None:
         entry = self._waiting.pop(request_id, None)
         if entry is None:
