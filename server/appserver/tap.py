@@ -113,7 +113,7 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Real-time application server: static pages, JSON/JSONP Ajax with long-poll, and "
                 "WebSocket push, sharing one client tracker. Every option can also be set as "
-                "APPSERVER_<NAME> in the environment or in a --config file. " + _guide())
+                "APPSERVER_<NAME> in the environment or in a --config file.")
     optParameters = [
         [spec.name, None, None, _describe(spec)]
         for spec in OPTION_SPECS
@@ -144,6 +144,11 @@ class Options(usage.Options):
         X-Forwarded-For names the client; repeatable.
         """
         self["trusted-proxy"].append(address)
+
+    def getUsage(self, width: int | None = None) -> str:
+        # The guide's path on a line of its own: wrapped with the text, a
+        # path with a hyphen would be cut in two.
+        return f"{super().getUsage(width)}{_guide()}\n"
 
     def parseArgs(self, *arguments: str) -> None:
         if arguments:
