@@ -71,6 +71,10 @@ def run(arguments: list[str], reactor: Any = None) -> int:
     except (StartupError, BackplaneUnavailable) as error:
         _error(str(error))
         return CANNOT_START
+    except KeyboardInterrupt:
+        # Ctrl-C before the reactor (and its signal handlers) took over:
+        # nothing was served yet, so nothing to drain.
+        return 0
     # Ctrl-C (SIGINT) and SIGTERM stop the reactor through its own signal
     # handlers; the graceful shutdown runs before it stops.
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

@@ -212,6 +212,11 @@ class AppServerService(MultiService):
             _log.critical("appserver cannot start: {reason}", reason=str(error))
             raise SystemExit(1) from None
         if self.banner is not None:
+            # Once the reactor runs: serving, and Ctrl-C handled by then.
+            self.reactor.callWhenRunning(self._announce)
+
+    def _announce(self) -> None:
+        if self.banner is not None and self.running:
             _log.info("{banner}", banner=self.banner())
 
     def _start(self) -> None:
