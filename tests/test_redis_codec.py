@@ -241,6 +241,13 @@ def test_a_control_message_survives_the_trip(op: str, target: str) -> None:
     assert decode_control(raw) == Control(op, target, b'{"type":"x"}\n')
 
 
+def test_a_room_message_names_its_sending_node_so_that_node_skips_the_echo() -> None:
+    raw = encode_control(ROOM, "lobby", b"{}", origin="node-a")
+    assert raw == b"room@node-a\nlobby\n{}"
+    assert decode_control(raw) == Control(ROOM, "lobby", b"{}", "node-a")
+    assert decode_control(b"room\nlobby\n{}").origin == ""
+
+
 def test_an_unknown_operation_is_read_for_the_receiver_to_ignore() -> None:
     assert decode_control(b"future\nt\n{}").op == "future"
 

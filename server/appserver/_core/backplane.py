@@ -111,6 +111,11 @@ class ILocalNode(Interface):
         The channels with a subscriber on this node.
         """
 
+    def subscriber_count(channel: str) -> int:
+        """
+        The channel's subscribers on this node.
+        """
+
     def room_names() -> list[str]:
         """
         The rooms with a member on this node.
@@ -212,6 +217,12 @@ class IBackplane(Interface):
     def room_size(room: str) -> "Deferred[int]":
         """
         The number of the room's members on every live node.
+        """
+
+    def channel_subscribers(channel: str) -> "Deferred[int]":
+        """
+        The channel's subscribers on every live node: this node's now, the
+        others' as of their last heartbeat.
         """
 
     def replay(client: "Client", epoch: Any, since: Any, channels: Iterable[str],

@@ -95,6 +95,11 @@ class MemoryBackplane:
         assert node is not None
         return defer.succeed(node.local_room_size(room))
 
+    def channel_subscribers(self, channel: str) -> "Deferred[int]":
+        node = self.node
+        assert node is not None
+        return defer.succeed(node.subscriber_count(channel))
+
     def replay(self, client: "Client", epoch: Any, since: Any, channels: Iterable[str],
                connected_at: int) -> "Deferred[bool]":
         node = self.node

@@ -320,6 +320,14 @@ class ClientTracker:
         """
         return len(self.channels.get(channel, ()))
 
+    def channel_subscribers(self, channel: str) -> "Deferred[int]":
+        """
+        The channel's subscribers on every node (a Deferred, already fired
+        with the memory backplane; with Redis, the other nodes' as of their
+        last heartbeat).
+        """
+        return self.backplane.channel_subscribers(channel)
+
     def channel_names(self) -> list[str]:
         """
         The channels with a subscriber on this node.

@@ -298,7 +298,8 @@ class RedisBackplane:
         node = self._node()
         control = decode_control(raw)
         if control.op == ROOM:
-            node.deliver_to_room(control.target, Outgoing(control.payload))
+            if control.origin != self.node_id:     # this node's members had it at once
+                node.deliver_to_room(control.target, Outgoing(control.payload))
         elif control.op == SEND:
             node.deliver_to_client(control.target, Outgoing(control.payload))
 
@@ -343,16 +344,20 @@ class RedisBackplane:
     # Rooms and direct messages -------------------------------------------
 
     def send_to_room(self, room: str, envelope: dict[str, Any]) -> int:
+        """
+        This node's members get it at once (so a member's own C{join}
+        comes before the reply to its C{join}), the other nodes' through
+        Redis; returns how many members this node reached.
+        """
         node = self._node()
         payload = encode(envelope)
+        count = node.deliver_to_room(room, Outgoing(payload))
         try:
-            message = encode_control(ROOM, room, payload)
+            message = encode_control(ROOM, room, payload, origin=self.node_id)
         except ValueError:
-            # Not a room name other nodes could read: this node's members only.
-            return node.deliver_to_room(room, Outgoing(payload))
-        if not self.connections.publish(self.keys.control, message):
-            return node.deliver_to_room(room, Outgoing(payload))
-        return node.local_room_size(room)
+            return count        # not a room name other nodes could read: this node's members only
+        self.connections.publish(self.keys.control, message)
+        return count
 
     def send_to_remote(self, client_id: str, envelope: dict[str, Any]) -> bool:
         try:
@@ -374,6 +379,9 @@ class RedisBackplane:
 
     def room_members(self, room: str) -> "defer.Deferred[list[str]]":
         return self.presence.room_members(room)
+
+    def channel_subscribers(self, channel: str) -> "defer.Deferred[int]":
+        return self.presence.channel_subscribers(channel)
 
     def room_size(self, room: str) -> "defer.Deferred[int]":
         return self.room_members(room).addCallback(len)

@@ -156,21 +156,28 @@ class Control:
     A message for some clients that needs no position: C{op} L{ROOM} for
     the members of room C{target}, L{SEND} for client C{target}. A node
     ignores an C{op} it does not know (a newer node may send more kinds).
+
+    @ivar origin: the node that sent it, when it says (C{op@origin} on the
+        wire): a room message is delivered at once to the sender's own
+        members, so the sender skips it when Redis echoes it back.
     """
 
     op: str
     target: str
     payload: bytes
+    origin: str = ""
 
 
-def encode_control(op: str, target: str, payload: bytes) -> bytes:
+def encode_control(op: str, target: str, payload: bytes, origin: str = "") -> bytes:
     """
+    @param origin: the sending node's id, if its receivers should know it.
     @raise ValueError: C{op} or C{target} contains a newline (the
-        separator), or C{op} is empty.
+        separator), C{op} or C{origin} contains C{@}, or C{op} is empty.
     """
-    if not op or "\n" in op or "\n" in target:
+    if not op or "\n" in op or "\n" in target or "@" in op or "@" in origin or "\n" in origin:
         raise ValueError(f"a control message's operation and target are one line each: {op!r} {target!r}")
-    return b"%s\n%s\n%s" % (op.encode(), target.encode(), payload)
+    head = f"{op}@{origin}" if origin else op
+    return b"%s\n%s\n%s" % (head.encode(), target.encode(), payload)
 
 
 def decode_control(raw: bytes) -> Control:
@@ -184,8 +191,9 @@ def decode_control(raw: bytes) -> Control:
     if len(fields) != 3 or not fields[0]:
         raise MalformedMessage(f"{kind}: expected an operation, a target and a payload, one per line, "
                                f"got {raw[:60]!r}")
-    op, target, payload = fields
-    return Control(_text(op, "operation", kind), _text(target, "target", kind), payload)
+    head, target, payload = fields
+    op, _, origin = _text(head, "operation", kind).partition("@")
+    return Control(op, _text(target, "target", kind), payload, origin)
 
 
 # Redis Stream entries --------------------------------------------------------

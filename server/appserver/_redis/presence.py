@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from appserver._redis.keys import KeySpace
 
 __all__ = ["Presence", "DeadNode", "NODE_HASH_TTL_MS", "COUNTS_FIELD", "room_field_name", "room_field",
-           "decode_view", "sum_counts", "merge_members", "decode_reaped", "leave_envelope"]
+           "decode_view", "sum_counts", "sum_subscribers", "merge_members", "decode_reaped", "leave_envelope",
+           "SUBSCRIBERS_FIELD"]
 
 _log = Logger(namespace="appserver.redis")
 
@@ -40,6 +41,9 @@ _log = Logger(namespace="appserver.redis")
 NODE_HASH_TTL_MS = 60_000
 #: The field of a node's hash holding its clients per transport (JSON).
 COUNTS_FIELD = "counts"
+#: The field of a node's hash holding its subscribers per channel (JSON),
+#: refreshed with every heartbeat and every change of its counts.
+SUBSCRIBERS_FIELD = "subscribers"
 _ROOM = "r:"
 
 
@@ -100,6 +104,19 @@ def sum_counts(local: Mapping[str, int], view: Mapping[str, bytes]) -> dict[str,
                 totals[transport] = totals.get(transport, 0) + count
     totals["nodes"] = 1 + len(view)
     return totals
+
+
+def sum_subscribers(local: int, channel: str, view: Mapping[str, bytes]) -> int:
+    """
+    This node's subscribers of C{channel} plus those the other live nodes
+    last shared; a node whose share cannot be read counts none.
+    """
+    total = local
+    for raw in view.values():
+        shared = _json(raw)
+        if isinstance(shared, dict) and isinstance(shared.get(channel), int):
+            total += shared[channel]
+    return total
 
 
 def merge_members(local: Iterable[str], view: Mapping[str, bytes]) -> list[str]:
@@ -248,7 +265,9 @@ class Presence:
         try:
             done = yield self.connections.eval(
                 scripts.SYNC_NODE, [self.keys.nodes, self.keys.node],
-                [self.node_id, NODE_HASH_TTL_MS, 1 if full else 0, orjson.dumps(node.count_by_transport()), *fields])
+                [self.node_id, NODE_HASH_TTL_MS, 1 if full else 0, orjson.dumps(node.count_by_transport()),
+                 SUBSCRIBERS_FIELD,
+                 orjson.dumps({name: node.subscriber_count(name) for name in node.channel_names()}), *fields])
         except Exception:
             # Try again with everything next time.
             self._full = True
@@ -333,6 +352,18 @@ class Presence:
             return {**node.count_by_transport(), "nodes": 1}
 
         return self._view(COUNTS_FIELD).addCallbacks(summed, failed)
+
+    def channel_subscribers(self, channel: str) -> "defer.Deferred[int]":
+        node = self._node()
+        if self.connections.commands is None:
+            return defer.succeed(node.subscriber_count(channel))
+
+        def failed(failure: Failure) -> int:
+            _log.warn("reading the cluster's subscribers failed ({error}): this node's only", error=failure.value)
+            return node.subscriber_count(channel)
+
+        return self._view(SUBSCRIBERS_FIELD).addCallbacks(
+            lambda view: sum_subscribers(node.subscriber_count(channel), channel, view), failed)
 
     def room_members(self, room: str) -> "defer.Deferred[list[str]]":
         node = self._node()

@@ -338,9 +338,10 @@ class Publish(JSONResource):
         if key is not None and not isinstance(key, (str, int)):
             raise HTTPError(400, "bad_data", '"key" must be a string or an integer')
         tracker = self.runtime.tracker
-        # Subscribers are this node's (docs/scaling.md).
-        return tracker.publish(channel, body.get("data"), key=key).addCallback(lambda published: {
-            "ok": True, "pos": published.pos, "subscribers": tracker.subscriber_count(channel)})
+        # Subscribers on every node (docs/scaling.md: the others' as of their last heartbeat).
+        return tracker.publish(channel, body.get("data"), key=key).addCallback(
+            lambda published: tracker.channel_subscribers(channel).addCallback(lambda subscribers: {
+                "ok": True, "pos": published.pos, "subscribers": subscribers}))
 
     def _authorize(self, request: Request) -> None:
         token = self.runtime.settings.publish_token
