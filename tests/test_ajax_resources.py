@@ -30,7 +30,7 @@ def error(answer, status):
 
 def test_client_count_has_the_documented_fields(ajax):
     body = ajax.call("GET", "/get_client_count").json()
-    assert set(body) == {"client_count", "websocket", "ajax", "time"}
+    assert set(body) == {"client_count", "websocket", "ajax", "sse", "time"}
     assert body["client_count"] == 0 and isinstance(body["time"], str)
 
 

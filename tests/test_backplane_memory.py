@@ -175,7 +175,7 @@ def test_cluster_counts_are_this_nodes_counts() -> None:
     tracker = make_tracker()
     tracker.register(RecordingClient(tracker))
     tracker.register(RecordingAjaxClient(tracker))
-    assert fired(tracker.cluster_counts()) == {"websocket": 1, "ajax": 1} == tracker.count_by_transport()
+    assert fired(tracker.cluster_counts()) == {"websocket": 1, "ajax": 1, "sse": 0} == tracker.count_by_transport()
 
 
 def test_send_to_an_unknown_id_is_not_found() -> None:

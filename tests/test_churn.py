@@ -78,7 +78,7 @@ async def test_two_thousand_mixed_cycles_return_the_count_to_baseline(server_fac
         assert sum(kinds.values()) == CYCLES
         await wait_until(lambda: server.runtime.limiter.total == 0, reactor, timeout=10)
         assert len(server.runtime.sessions) == 0
-        assert server.tracker.count_by_transport() == {"websocket": 0, "ajax": 0}
+        assert server.tracker.count_by_transport() == {"websocket": 0, "ajax": 0, "sse": 0}
         response = await http.get(server.ajax_url + "/get_client_count")
         assert json.loads(await response.content())["client_count"] == baseline
     finally:

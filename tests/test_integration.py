@@ -107,7 +107,7 @@ async def test_an_ajax_client_and_a_websocket_client_chat_both_ways(server_facto
     _, first = await get_json(server.ajax_url + "/poll", session=session, since=0)
     assert first["messages"][0]["type"] == "welcome"
     since = first["position"]
-    assert server.tracker.count_by_transport() == {"websocket": 1, "ajax": 1}
+    assert server.tracker.count_by_transport() == {"websocket": 1, "ajax": 1, "sse": 0}
 
     ws.sendMessage(json.dumps({"type": "chat", "data": "from ws"}).encode())
     _, polled = await get_json(server.ajax_url + "/poll", session=session, since=since)

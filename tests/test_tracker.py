@@ -99,7 +99,7 @@ def test_register_counts_by_transport_and_twice_is_harmless(tracker):
     joined(tracker, ws, ajax)
     tracker.register(ws)
     assert tracker.client_count == 2 and len(tracker) == 2
-    assert tracker.count_by_transport() == {"websocket": 1, "ajax": 1}
+    assert tracker.count_by_transport() == {"websocket": 1, "ajax": 1, "sse": 0}
 
 
 def test_unregister_counts_out_once(tracker):
@@ -107,11 +107,11 @@ def test_unregister_counts_out_once(tracker):
     tracker.unregister(client)
     tracker.unregister(client)
     assert tracker.client_count == 0
-    assert tracker.count_by_transport() == {"websocket": 0, "ajax": 0}
+    assert tracker.count_by_transport() == {"websocket": 0, "ajax": 0, "sse": 0}
 
 
-def test_count_by_transport_always_lists_both_builtin_transports(tracker):
-    assert tracker.count_by_transport() == {"websocket": 0, "ajax": 0}
+def test_count_by_transport_always_lists_every_builtin_transport(tracker):
+    assert tracker.count_by_transport() == {"websocket": 0, "ajax": 0, "sse": 0}
 
 
 def test_unregister_of_a_stale_client_with_a_reused_id_does_nothing(tracker):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping
 
 from zope.interface import implementer
 
@@ -150,10 +150,10 @@ class ClientTracker:
 
     def count_by_transport(self) -> dict[str, int]:
         """
-        The number of clients per transport, with both built-in transports
-        always present.
+        The number of clients per transport, with every built-in transport
+        (C{websocket}, C{ajax}, C{sse}) always present.
         """
-        counts = {"websocket": 0, "ajax": 0}
+        counts = {"websocket": 0, "ajax": 0, "sse": 0}
         counts.update(self.counts)
         return counts
 
@@ -243,14 +243,19 @@ class ClientTracker:
         self.events.sent(1, message)
         return True
 
-    def welcome(self, client: Client) -> None:
+    def welcome(self, client: Client, extra: Mapping[str, Any] | None = None) -> None:
         """
         The first envelope of every connection or Ajax session: who the
         client is and where the stream stands, for a later C{resume}.
+
+        @param extra: fields for this client alone, added to the envelope's
+            data (an event stream's session secret).
         """
-        self.send_to(client, {"type": "welcome", "data": {
-            "client_id": client.client_id, "epoch": self.epoch,
-            "position": client.connected_at, "transport": client.transport}})
+        data = {"client_id": client.client_id, "epoch": self.epoch,
+                "position": client.connected_at, "transport": client.transport}
+        if extra:
+            data.update(extra)
+        self.send_to(client, {"type": "welcome", "data": data})
 
     def send_to_room(self, room: str, envelope: dict[str, Any]) -> int:
         """

@@ -60,7 +60,8 @@ class Visitor:
     request that opens it, in the same shape for every transport (this is
     also what the application's C{authenticate} hooks receive, as a dict).
 
-    @ivar transport: C{"websocket"} or C{"ajax"} (the label of its log lines).
+    @ivar transport: C{"websocket"}, C{"ajax"} or C{"sse"} (the label of
+        its log lines).
     @ivar peer: the address as Autobahn writes it (C{tcp4:127.0.0.1:50996}).
     @ivar ip: the address counted by the connection limits.
     """
@@ -109,7 +110,7 @@ class Ticket:
 
 
 #: How each transport names itself in the open and close log lines.
-_LABELS = {"websocket": "WebSocket", "ajax": "Ajax session"}
+_LABELS = {"websocket": "WebSocket", "ajax": "Ajax session", "sse": "Event stream"}
 
 
 class Admission:
@@ -164,10 +165,15 @@ class Admission:
         ticket.attributes.update(attributes)
         return ticket
 
-    def open(self, client: "Client", ticket: Ticket, welcome: bool = True) -> None:
+    def open(self, client: "Client", ticket: Ticket, welcome: bool = True,
+             welcome_extra: Mapping[str, Any] | None = None) -> None:
         """
         The admitted connection is open: register its client, welcome it
         (unless its protocol is the application's own) and log it.
+
+        @param welcome_extra: what the transport adds to this client's
+            C{welcome} alone (an event stream's session secret); never
+            logged.
         """
         runtime = self.runtime
         client.bucket = runtime.new_bucket()
@@ -179,7 +185,7 @@ class Admission:
             label=_LABELS.get(ticket.visitor.transport, ticket.visitor.transport), client_id=client.client_id,
             peer=client.peer, origin=client.origin, transport=client.transport)
         if welcome:
-            runtime.tracker.welcome(client)
+            runtime.tracker.welcome(client, welcome_extra)
 
     def close(self, client: "Client", ticket: Ticket, code: int | None) -> None:
         """

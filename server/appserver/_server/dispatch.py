@@ -190,17 +190,38 @@ class Dispatcher:
         channels = data.get("channels") or []
         if not isinstance(channels, list):
             raise ProtocolError("bad_data", '"channels" must be a list of channel names')
+        self.resume(client, data["epoch"], data["since"], channels, envelope)
+
+    def resume(self, client: Client, epoch: Any, since: Any, channels: list[Any],
+               request: Envelope | None = None) -> Deferred[dict[str, Any] | None]:
+        """
+        Subscribe C{client} to C{channels}, replay what it missed after
+        position C{since} of C{epoch}, then answer C{resumed}: the work of
+        the C{resume} envelope, and of a transport that resumes by itself
+        (an event stream's C{Last-Event-ID}), so both replay alike.
+
+        @param request: the C{resume} envelope, whose C{id} the answer
+            carries; C{None} when the transport asked.
+        @raise ProtocolError: C{bad_data} for a bad channel name, C{limit}
+            past the per-client channel limit.
+        @return: a Deferred firing with the C{resumed} data once it is sent
+            (C{None} when the replay failed and an C{error} was sent
+            instead): on a single node before this returns, with Redis
+            once Redis has been read. Everything up to its C{position} has
+            then been handed to the client.
+        """
         for channel in channels:
             self.tracker.subscribe(client, validate_channel_name(channel))
-        # The ack follows the replayed messages: on a single node both are
-        # sent before this returns; with Redis, once Redis has been read.
-        self.tracker.replay(client, data["epoch"], data["since"], channels, client.connected_at).addCallbacks(
+        envelope = request if request is not None else Envelope("resume")
+        # The ack follows the replayed messages.
+        return self.tracker.replay(client, epoch, since, channels, client.connected_at).addCallbacks(
             lambda recovered: self._resumed(client, envelope, recovered),
             lambda failure: self._async_failed(client, envelope, failure))
 
-    def _resumed(self, client: Client, envelope: Envelope, recovered: bool) -> None:
-        self._ack(client, envelope, "resumed", {"recovered": recovered, "epoch": self.tracker.epoch,
-                                               "position": self.tracker.position})
+    def _resumed(self, client: Client, envelope: Envelope, recovered: bool) -> dict[str, Any]:
+        data = {"recovered": recovered, "epoch": self.tracker.epoch, "position": self.tracker.position}
+        self._ack(client, envelope, "resumed", data)
+        return data
 
     def _ping(self, client: Client, envelope: Envelope) -> None:
         self._ack(client, envelope, "pong", envelope.data)

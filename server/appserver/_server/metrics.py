@@ -99,7 +99,7 @@ class MetricsEvents(TrackerEvents):
             GCCollector(registry=self.registry)
         r = self.registry
         self.clients = _Children(Gauge(
-            "appserver_clients", "Connected clients (WebSocket connections and Ajax sessions).",
+            "appserver_clients", "Connected clients (WebSocket connections, Ajax sessions, event streams).",
             ["transport"], registry=r))
         self.opened = _Children(Counter(
             "appserver_connections_opened", "Clients registered (after handshake, origin and auth checks).",
@@ -154,7 +154,7 @@ class MetricsEvents(TrackerEvents):
                                registry=r)
         # Series that exist from the start, at zero, so rates and alerts
         # work before the first event.
-        for transport in ("websocket", "ajax"):
+        for transport in ("websocket", "ajax", "sse"):
             self.clients[transport].inc(0)
             self.opened[transport].inc(0)
         for result in ("ok", "failed"):

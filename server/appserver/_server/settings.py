@@ -172,6 +172,9 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("poll-timeout", 25.0, _non_negative_float, "Seconds a long poll waits before answering empty."),
     OptionSpec("session-idle-timeout", 60.0, _non_negative_float,
                "Seconds an Ajax session may go without polling before it expires."),
+    OptionSpec("sse-heartbeat", 15.0, _non_negative_float,
+               "Longest silence of an event stream (GET /events): a quiet stream gets a comment line at least "
+               "this often, so proxies do not cut it (0 disables)."),
     OptionSpec("history-size", 1000, _non_negative_int, "Messages kept per channel for recovery after a reconnect."),
     OptionSpec("history-age", 300.0, _non_negative_float, "Seconds a message is kept for recovery."),
     OptionSpec("publish-token", None, _optional_text,
@@ -226,6 +229,7 @@ class Settings:
     max_rooms_per_client: int = 20
     poll_timeout: float = 25.0
     session_idle_timeout: float = 60.0
+    sse_heartbeat: float = 15.0
     history_size: int = 1000
     history_age: float = 300.0
     publish_token: str | None = None

@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from appserver._server.app import HTTPError, Route, RouteRequest
+from appserver._core.client import Client
 from appserver._core.envelope import ProtocolError, parse_envelope, parse_json, validate_envelope
 from appserver._web.jsonweb import JSONErrorPage, JSONResource, Rendered, jsonp_callback, query_arg
 from appserver._server.admission import Refused, Ticket, Visitor
@@ -98,6 +99,7 @@ class ClientCount(JSONResource):
             "client_count": sum(counts.values()),
             "websocket": counts.get("websocket", 0),
             "ajax": counts.get("ajax", 0),
+            "sse": counts.get("sse", 0),
         }
         if tracker.backplane.clustered:
             answer["nodes"] = nodes if nodes is not None else 1
@@ -155,12 +157,18 @@ class _SessionResource(JSONResource):
             callback = None
         return self._error(request, callback, status, code, message)
 
-    def _session(self, request: Request) -> AjaxSession:
+    def _session(self, request: Request) -> Client:
+        """
+        The Ajax session or event stream whose secret the request presents.
+
+        @raise HTTPError: 400 C{missing_session}, 410 C{unknown_session}.
+        """
         secret = _session_secret(request)
         if not secret:
             if jsonp_callback(request) is None:
-                raise HTTPError(400, "missing_session", f"send the session from /connect in the {SESSION_HEADER} "
-                                                        "header (session=<secret> in the query is for JSONP only)")
+                raise HTTPError(400, "missing_session", f"send the session from /connect (or an event stream's "
+                                                        f"welcome) in the {SESSION_HEADER} header "
+                                                        "(session=<secret> in the query is for JSONP only)")
             raise HTTPError(400, "missing_session", "the query needs session=<secret> from /connect")
         session = self.runtime.sessions.find(secret)
         if session is None:
@@ -197,16 +205,17 @@ class Connect(JSONResource):
                 "epoch": runtime.tracker.epoch, "position": 0}
 
 
-def _visitor(request: Request, proxies: TrustedProxies) -> Visitor:
+def _visitor(request: Request, proxies: TrustedProxies, transport: str = "ajax") -> Visitor:
     """
-    An Ajax request that opens a session, as admission sees it: its
-    address is the client's, behind a C{--trusted-proxy} too.
+    A request that opens an Ajax session (or, with C{transport="sse"}, an
+    event stream), as admission sees it: its address is the client's,
+    behind a C{--trusted-proxy} too.
     """
     origin = request.getHeader(b"origin")
     host = request.getHeader(b"host")
     address = request.getClientAddress()
     return Visitor(
-        transport="ajax", peer=_peer(request),
+        transport=transport, peer=_peer(request),
         ip=proxies.client_address(getattr(address, "host", str(address)), _header_reader(request)),
         origin=origin.decode("latin-1") if origin else None, host=host.decode("latin-1") if host else None,
         path=request.path.decode("latin-1"),
@@ -254,7 +263,8 @@ class Send(_SessionResource):
                 envelope = validate_envelope(_json_body(request))
             except ProtocolError as error:
                 raise HTTPError(400, error.code, error.message) from None
-        session.touch()
+        if isinstance(session, AjaxSession):
+            session.touch()
         self.runtime.dispatcher.dispatch(session, envelope)
         return {"ok": True}
 
@@ -287,6 +297,9 @@ class Poll(_SessionResource):
 
     def handle(self, request: Request) -> Any:
         session = self._session(request)
+        if not isinstance(session, AjaxSession):
+            raise HTTPError(409, "not_pollable", "this secret belongs to an event stream: its messages arrive on "
+                                                  "the stream (GET /events), not by /poll")
         queue = session.queue
         assert queue is not None
         try:

@@ -44,9 +44,9 @@ class AjaxSession(Client):
 
     transport = "ajax"
     __slots__ = ("registry", "waiting", "waiting_callback", "_poll_timer", "_idle_timer",
-                 "_flush_due", "close_reason", "ticket", "secret_digest")
+                 "_flush_due", "close_reason", "ticket")
 
-    def __init__(self, registry: "SessionRegistry", ticket: Ticket, secret_digest: bytes, **kwargs: Any) -> None:
+    def __init__(self, registry: "SessionRegistry", ticket: Ticket, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.registry = registry
         limits = self.limits
@@ -59,8 +59,6 @@ class AjaxSession(Client):
         self.close_reason: tuple[int, str] | None = None
         #: Its admission: the place it holds under the connection limits.
         self.ticket = ticket
-        #: The SHA-256 of its secret (the secret itself is not kept).
-        self.secret_digest = secret_digest
 
     # Delivery -------------------------------------------------------------
 
@@ -227,10 +225,14 @@ def _digest(secret: str) -> bytes:
 
 class SessionRegistry:
     """
-    The Ajax sessions of one server, by id; registering a session counts it
-    in the tracker, forgetting it counts it out.
-    """
+    The session secrets of one server and the Ajax sessions, by id.
 
+    A secret names the client it was issued to, whatever its transport: an
+    Ajax session (opened here, counted in the tracker while registered,
+    expiring when idle) or an event stream (L{appserver._web.eventstream}),
+    so C{/send} and C{/disconnect} find either by the same lookup
+    (L{find}). Only the SHA-256 of a secret is kept.
+    """
 
     def __init__(self, runtime: "Runtime") -> None:
         self.runtime = runtime
@@ -240,14 +242,42 @@ class SessionRegistry:
         #: Answers every session with news in a turn, once, at its end, so
         #: a burst of messages goes out in one response per poll.
         self.answers = EndOfTurn(self.reactor)
-        #: By public client id.
+        #: The Ajax sessions, by public client id.
         self.sessions: dict[str, AjaxSession] = {}
-        #: By the digest of the session secret: only the owner knows the
-        #: secret, and this node keeps nothing it could leak.
-        self._by_secret: dict[bytes, AjaxSession] = {}
+        #: Every holder of a secret, by the digest of its secret: only the
+        #: owner knows the secret, and this node keeps nothing it could
+        #: leak.
+        self._by_secret: dict[bytes, Client] = {}
+        self._digests: dict[Client, bytes] = {}
 
     def __len__(self) -> int:
+        """
+        The open Ajax sessions.
+        """
         return len(self.sessions)
+
+    def issue(self, client: Client) -> str:
+        """
+        Make a new session secret for C{client}, found by L{find} until
+        L{revoke}d. The backplane makes it, so that any node can tell the
+        client's home node from it (docs/scaling.md).
+
+        @return: the secret, to be told to the client's own connection
+            only (docs/protocol.md).
+        """
+        secret = self.runtime.tracker.backplane.new_session_secret()
+        digest = _digest(secret)
+        self._by_secret[digest] = client
+        self._digests[client] = digest
+        return secret
+
+    def revoke(self, client: Client) -> None:
+        """
+        Forget C{client}'s secret: from now on it finds nothing.
+        """
+        digest = self._digests.pop(client, None)
+        if digest is not None and self._by_secret.get(digest) is client:
+            del self._by_secret[digest]
 
     def open(self, ticket: Ticket) -> tuple[AjaxSession, str]:
         """
@@ -259,31 +289,31 @@ class SessionRegistry:
         runtime = self.runtime
         tracker = runtime.tracker
         visitor = ticket.visitor
-        secret = tracker.backplane.new_session_secret()
-        session = AjaxSession(self, ticket, _digest(secret), limits=tracker.limits, events=tracker.events,
+        session = AjaxSession(self, ticket, limits=tracker.limits, events=tracker.events,
                               peer=visitor.peer, origin=visitor.origin)
+        secret = self.issue(session)
         self.sessions[session.client_id] = session
-        self._by_secret[session.secret_digest] = session
         session._start_idle_timer()
         runtime.admission.open(session, ticket)
         return session, secret
 
-    def find(self, secret: str) -> AjaxSession | None:
+    def find(self, secret: str) -> Client | None:
         """
-        The open session whose secret this is, or C{None}: an unknown or
-        expired secret, or anything else (a client id included).
+        The open Ajax session or event stream whose secret this is, or
+        C{None}: an unknown or expired secret, or anything else (a client
+        id included).
         """
         digest = _digest(secret)
-        session = self._by_secret.get(digest)
-        if session is None or not hmac.compare_digest(session.secret_digest, digest):
+        client = self._by_secret.get(digest)
+        if client is None or not hmac.compare_digest(self._digests.get(client, b""), digest):
             return None
-        return session
+        return client
 
     def forget(self, session: AjaxSession) -> None:
         if self.sessions.get(session.client_id) is not session:
             return
         del self.sessions[session.client_id]
-        self._by_secret.pop(session.secret_digest, None)
+        self.revoke(session)
         session.closed = True
         session.stop_timers()
         code = session.close_reason[0] if session.close_reason else 1000

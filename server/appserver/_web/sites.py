@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from appserver._web.ajax import (AjaxRoot, AppRoute, ClientCount, Connect, Disconnect, Poll, Publish, Send)
+from appserver._web.eventstream import Events, EventStreams
 from appserver._web.health import mount_operations_resources
 from appserver._web.jsonweb import JSONErrorPage
 from appserver._web.longpoll import SessionRegistry
@@ -90,6 +91,7 @@ def build_ajax_resource(runtime: "Runtime") -> Resource:
     root.putChild(b"send", Send(runtime))
     root.putChild(b"poll", Poll(runtime))
     root.putChild(b"disconnect", Disconnect(runtime))
+    root.putChild(b"events", Events(runtime, EventStreams(runtime)))
     root.putChild(b"publish", Publish(runtime))
     mount_operations_resources(root, runtime)
     return root

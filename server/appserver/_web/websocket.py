@@ -20,16 +20,15 @@ import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from appserver._core.client import Client
 from appserver._server.admission import Refused, Ticket, Visitor
 from appserver._core.outbound import DISCONNECT
 from appserver._core.envelope import Outgoing, ProtocolError, error_payload, parse_envelope
-from appserver._web.writes import WriteCoalescer, has_backlog, send_now
+from appserver._web.writes import Backpressure, WriteCoalescer, has_backlog, send_now
 
 if TYPE_CHECKING:
     from appserver._server.runtime import Runtime
@@ -134,29 +133,6 @@ class RawClient(WebSocketClient):
         return None
 
 
-@implementer(IPushProducer)
-class _Backpressure:
-    """
-    Registered on the transport so Twisted tells the client when the peer
-    stops reading (the transport buffer passed its high-water mark) and when
-    it drains.
-    """
-
-    __slots__ = ("client",)
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    def pauseProducing(self) -> None:
-        self.client.pause()
-
-    def resumeProducing(self) -> None:
-        self.client.resume()
-
-    def stopProducing(self) -> None:
-        self.client.paused = True
-
-
 class TrackedProtocol(WebSocketServerProtocol):
     """
     Base of every WebSocket endpoint of the server. Subclasses implement
@@ -245,7 +221,7 @@ class TrackedProtocol(WebSocketServerProtocol):
         # producer; it is done, and only one producer may be registered.
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
-        transport.registerProducer(_Backpressure(client), True)
+        transport.registerProducer(Backpressure(client), True)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Everything Autobahn writes itself (pongs, close frames, a raw

@@ -1,19 +1,26 @@
 """
-The write path of WebSocket connections, where a broadcast spends its time,
-and the end-of-turn batching every transport uses.
+The write path of WebSocket connections and event streams, where a
+broadcast spends its time, and the end-of-turn batching every transport
+uses.
 
 Frames given to a connection during one reactor turn are sent together at
 the end of the turn (L{WriteCoalescer}), straight to the socket when nothing
-is buffered in front of them (L{send_now}). Measured in docs/performance.md.
+is buffered in front of them (L{send_now}); a connection that stops reading
+tells its client through L{Backpressure}. Measured in docs/performance.md.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.tcp import Server as _TCPServer
+from zope.interface import implementer
 
-__all__ = ["EndOfTurn", "WriteCoalescer", "has_backlog", "send_now"]
+if TYPE_CHECKING:
+    from appserver._core.client import Client
+
+__all__ = ["Backpressure", "EndOfTurn", "WriteCoalescer", "has_backlog", "send_now"]
 
 
 class EndOfTurn:
@@ -84,6 +91,32 @@ class WriteCoalescer(EndOfTurn):
     def flush(self) -> None:
         super().flush()
         self._joined_frames, self._joined = None, b""
+
+
+@implementer(IPushProducer)
+class Backpressure:
+    """
+    Registered on a connection (a WebSocket's transport, an event stream's
+    request) so Twisted tells the client when the peer stops reading (the
+    transport buffer passed its high-water mark) and when it drains: the
+    client then queues under its bounded queue's policy instead of growing
+    the transport's buffer. Twisted may pause more than once per write past
+    the mark; L{Client.pause} is idempotent.
+    """
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: "Client") -> None:
+        self.client = client
+
+    def pauseProducing(self) -> None:
+        self.client.pause()
+
+    def resumeProducing(self) -> None:
+        self.client.resume()
+
+    def stopProducing(self) -> None:
+        self.client.paused = True
 
 
 def has_backlog(transport: Any) -> TypeGuard[_TCPServer]:
