@@ -82,11 +82,31 @@ class _FastReplies:
                 self.replyReceived(reply)
 
 
+class _ReportsConnections(txredisapi.RedisFactory):
+    """
+    A txredisapi factory that says when a connection joins its pool (ready
+    for commands) and when one leaves: the two factories share this.
+    """
+
+    pool: Any
+    up: Callable[[Any], None]
+    down: Callable[[Any], None]
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        if conn in self.pool:
+            self.up(conn)
+
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        self.down(conn)
+
+
 class _CommandProtocol(_FastReplies, txredisapi.RedisProtocol):
     pass
 
 
-class CommandFactory(txredisapi.RedisFactory):
+class CommandFactory(_ReportsConnections):
     """
     The command connection (a pool of one), reconnecting with backoff: soon
     after a blip, then every few seconds.
@@ -107,15 +127,6 @@ class CommandFactory(txredisapi.RedisFactory):
         self.up = up
         self.down = down
 
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self.up(conn)
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        self.down(conn)
-
 
 class _BusProtocol(_FastReplies, txredisapi.SubscriberProtocol):
     factory: "BusFactory"
@@ -124,7 +135,7 @@ class _BusProtocol(_FastReplies, txredisapi.SubscriberProtocol):
         self.factory.message(channel, message)
 
 
-class BusFactory(txredisapi.SubscriberFactory):
+class BusFactory(_ReportsConnections, txredisapi.SubscriberFactory):
     """
     The subscriber connection. txredisapi reconnects it but does not
     resubscribe: whoever C{up} calls does, each time.
@@ -147,15 +158,6 @@ class BusFactory(txredisapi.SubscriberFactory):
         self.up = up
         self.down = down
         self.message = message
-
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self.up(conn)
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        self.down(conn)
 
 
 @dataclass(frozen=True)
