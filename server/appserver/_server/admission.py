@@ -195,6 +195,8 @@ class Admission:
         """
         tracker = self.runtime.tracker
         client.closed = True
+        # Its handlers still running have nobody to answer.
+        self.runtime.dispatcher.client_gone(client)
         ticket.release()
         if tracker.get(client.client_id) is not client:
             return

@@ -13,16 +13,18 @@ C{unsubscribed}, C{members}, C{resumed}, C{pong}).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Callable
 
 import orjson
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appserver._server.app import App, Context
 from appserver._core.client import Client
+from appserver._server.coroutines import as_deferred, is_async
 from appserver._core.envelope import Envelope, ProtocolError, error_payload
 from appserver._core.tracker import ClientTracker
 from appserver._core.names import validate_channel_name, validate_room_name
@@ -55,6 +57,8 @@ class Dispatcher:
         self.tracker = tracker
         self.app = app
         self.reactor = reactor
+        #: The handlers still running, by client: cancelled when it goes.
+        self._running: dict[Client, set[Deferred[Any]]] = {}
         self._builtins: dict[str, Callable[[Client, Envelope], Any]] = {
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
@@ -94,12 +98,46 @@ class Dispatcher:
         except Exception:
             self._handler_failed(client, envelope, Failure())
             return
-        if isinstance(result, Deferred) or hasattr(result, "__await__"):
-            ensureDeferred(result).addCallbacks(
-                lambda value: self._reply(client, envelope, value),
-                lambda failure: self._async_failed(client, envelope, failure))
+        if is_async(result):
+            self._follow(client, envelope, as_deferred(result, self.reactor))
         else:
             self._reply(client, envelope, result)
+
+    def _follow(self, client: Client, envelope: Envelope, running: Deferred[Any]) -> None:
+        """
+        Answer once a handler's Deferred or coroutine ends, unless its
+        client has gone (L{client_gone} cancelled it).
+        """
+        if not running.called:
+            self.track(client, running)
+        running.addCallbacks(lambda value: self._reply(client, envelope, value),
+                             lambda failure: self._async_failed(client, envelope, failure))
+
+    def track(self, client: Client, running: Deferred[Any]) -> None:
+        """
+        Cancel C{running} (a handler's work for C{client}) if the client
+        goes before it ends.
+        """
+        if client.closed:
+            running.cancel()
+            return
+        handlers = self._running.setdefault(client, set())
+        handlers.add(running)
+
+        def ended(outcome: Any) -> Any:
+            handlers.discard(running)
+            if not handlers and self._running.get(client) is handlers:
+                del self._running[client]
+            return outcome
+        running.addBoth(ended)
+
+    def client_gone(self, client: Client) -> None:
+        """
+        The client disconnected: cancel its handlers still running (an
+        asyncio coroutine gets C{CancelledError} at its current C{await}).
+        """
+        for running in list(self._running.pop(client, ())):
+            running.cancel()
 
     def reject(self, client: Client, code: str, message: str, request_id: Any = None) -> None:
         """
@@ -117,6 +155,8 @@ class Dispatcher:
             self._handler_failed(client, envelope, Failure())
 
     def _async_failed(self, client: Client, envelope: Envelope, failure: Failure) -> None:
+        if client.closed and failure.check(CancelledError, asyncio.CancelledError):
+            return  # cancelled because the client went: nobody to answer
         error = failure.value
         if isinstance(error, ProtocolError):
             self.reject(client, error.code, error.message, envelope.id)

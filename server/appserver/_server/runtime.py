@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from appserver._server.admission import Admission
 from appserver._server.app import App
+from appserver._server.coroutines import call
 from appserver._core.backplane import IBackplane
 from appserver._core.memory import MemoryBackplane
 from appserver._server.dispatch import Dispatcher
@@ -76,9 +77,7 @@ class Runtime:
         async def run() -> dict[str, Any] | None:
             attributes: dict[str, Any] = {}
             for hook in self.app.authenticators:
-                verdict = hook(info)
-                if isinstance(verdict, Deferred) or hasattr(verdict, "__await__"):
-                    verdict = await verdict
+                verdict = await call(hook, info, reactor=self.reactor)
                 if not verdict:
                     return None
                 if isinstance(verdict, dict):

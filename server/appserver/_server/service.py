@@ -5,6 +5,7 @@ the application's tasks, and a graceful shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import random
 from typing import Any, Callable, Protocol
@@ -19,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appserver._core.backplane import BackplaneUnavailable
+from appserver._server.coroutines import TaskScope, asyncio_loop, call, spawn_scope
 from appserver._server.persistence import load_state, save_state
 from appserver._server.runtime import Runtime
 
@@ -171,6 +173,12 @@ class AppServerService(MultiService):
         self.ports: dict[str, int] = runtime.site_ports
         self.addresses: dict[str, IPv4Address | IPv6Address] = {}
         self._tasks: list[LoopingCall] = []
+        #: Periodic tasks' runs and start-up hooks not finished yet.
+        self._running: set[defer.Deferred[Any]] = set()
+        #: The asyncio tasks start-up hooks created (their consumers,
+        #: listeners...): cancelled and awaited at shutdown.
+        self._spawned = TaskScope()
+        self._stopping = False
         self.runtime.readiness_checks.extend([self._sites_not_listening, runtime.tracker.backplane.not_ready])
 
     def add_site(self, name: str, description: str, site: Any) -> None:
@@ -232,24 +240,44 @@ class AppServerService(MultiService):
         for seconds, function in self.app.periodic:
             self._start_task(seconds, function)
         self._start_task(30.0, lambda _: tracker.sweep(), name="history sweep")
+        loop = asyncio_loop(self.reactor)
+        if loop is not None and self.app.startup:
+            self._spawned.install(loop)
         for hook in self.app.startup:
-            defer.maybeDeferred(hook, tracker, self.reactor).addErrback(_startup_hook_failed, hook)
+            started = spawn_scope(self._spawned, lambda: call(hook, tracker, self.reactor, reactor=self.reactor))
+            self._keep(started).addErrback(self._startup_hook_failed, hook)
+
+    def _startup_hook_failed(self, failure: Failure, hook: Callable[..., Any]) -> None:
+        if self._stopping and failure.check(defer.CancelledError, asyncio.CancelledError):
+            return  # still running at shutdown, and cancelled
+        _startup_hook_failed(failure, hook)
+
+    def _keep(self, running: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """
+        Remember C{running} (a task's run, a start-up hook) until it ends,
+        to cancel it at shutdown.
+        """
+        if running.called:
+            return running
+        self._running.add(running)
+
+        def ended(outcome: Any) -> Any:
+            self._running.discard(running)
+            return outcome
+        return running.addBoth(ended)
 
     def _start_task(self, seconds: float, function: Callable[[Any], Any], name: str | None = None) -> None:
         tracker = self.runtime.tracker
         label = name or getattr(function, "__name__", repr(function))
 
+        def failed(failure: Failure) -> None:
+            if self._stopping and failure.check(defer.CancelledError, asyncio.CancelledError):
+                return  # cancelled by the shutdown
+            _log.failure("periodic task {task} failed; it keeps running", failure, task=label)
+
         def run() -> Any:
-            try:
-                result = function(tracker)
-            except Exception:
-                _log.failure("periodic task {task} failed; it keeps running", task=label)
-                return None
-            if isinstance(result, defer.Deferred) or hasattr(result, "__await__"):
-                return defer.ensureDeferred(result).addErrback(
-                    lambda failure: _log.failure("periodic task {task} failed; it keeps running",
-                                                     failure, task=label))
-            return None
+            # The next run waits for this one (LoopingCall), whatever its kind.
+            return self._keep(call(function, tracker, reactor=self.reactor)).addErrback(failed)
 
         loop = LoopingCall(run)
         loop.clock = self.reactor
@@ -268,10 +296,12 @@ class AppServerService(MultiService):
         """
         runtime = self.runtime
         runtime.accepting = False
+        self._stopping = True
         for loop in self._tasks:
             if loop.running:
                 loop.stop()
         self._tasks.clear()
+        yield self._cancel_tasks()
         tracker = runtime.tracker
         clients = list(tracker.clients.values())
         if clients:
@@ -312,13 +342,44 @@ class AppServerService(MultiService):
                 protocol.transport.abortConnection()
         for hook in self.app.shutdown:
             try:
-                yield defer.maybeDeferred(hook, tracker, self.reactor)
+                yield call(hook, tracker, self.reactor, reactor=self.reactor)
             except Exception:
-                _log.failure("shutdown hook failed")
+                _log.failure("shutdown hook {hook} failed", hook=getattr(hook, "__name__", hook))
         state_file = self._state_file()
         if state_file:
             save_state(tracker, state_file)
         yield tracker.backplane.stop()
+
+    def _cancel_tasks(self) -> defer.Deferred[Any]:
+        """
+        Cancel the periodic tasks' runs, the start-up hooks still running
+        and the asyncio tasks they spawned, and wait for them to end, at
+        most C{shutdown-timeout} seconds (a coroutine that ignores its
+        cancellation is left behind with a warning).
+        """
+        ending = [running.addErrback(lambda failure: None) for running in list(self._running)]
+        for running in list(self._running):
+            running.cancel()
+        ending.extend(self._spawned.cancel_all())
+        if not ending:
+            return defer.succeed(None)
+        everything = defer.DeferredList(ending, consumeErrors=True)
+        timeout = self.settings.shutdown_timeout
+
+        def late() -> None:
+            _log.warn("shutdown: {count} application tasks still running {timeout} s after their cancellation",
+                      count=len(self._running) + len(self._spawned.tasks), timeout=timeout)
+            waited.cancel()
+        waited: defer.Deferred[Any] = defer.Deferred()
+        timer = self.reactor.callLater(timeout, late)
+
+        def done(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not waited.called:
+                waited.callback(None)
+        everything.addBoth(done)
+        return waited.addErrback(lambda failure: None)
 
     def _state_file(self) -> str | None:
         """

@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from appserver._server.app import HTTPError, Route, RouteRequest
+from appserver._server.coroutines import as_deferred, is_async
 from appserver._core.client import Client
 from appserver._core.envelope import ProtocolError, parse_envelope, parse_json, validate_envelope
 from appserver._web.jsonweb import JSONErrorPage, JSONResource, Rendered, jsonp_callback, query_arg
@@ -391,7 +392,9 @@ class AppRoute(JSONResource):
             if value is not None and name not in ("callback", "_"):
                 args[name] = value
         body = _json_body(request) if request.method == b"POST" else None
-        return self.route.handler(RouteRequest(args, body, self.runtime.tracker, request, self.runtime.reactor))
+        result = self.route.handler(RouteRequest(args, body, self.runtime.tracker, request, self.runtime.reactor))
+        # A coroutine may await asyncio code and Deferreds alike.
+        return as_deferred(result, self.runtime.reactor) if is_async(result) else result
 
 
 class AjaxRoot(Resource):

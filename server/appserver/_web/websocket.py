@@ -13,6 +13,7 @@ L{TrackedProtocol} for raw frame protocols.
 
 from __future__ import annotations
 
+import asyncio
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping, cast
 
@@ -22,10 +23,12 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appserver._core.client import Client
 from appserver._server.admission import Refused, Ticket, Visitor
+from appserver._server.coroutines import as_deferred, is_async
 from appserver._core.outbound import DISCONNECT
 from appserver._core.envelope import Outgoing, ProtocolError, error_payload, parse_envelope
 from appserver._web.writes import Backpressure, WriteCoalescer, has_backlog, send_now
@@ -34,6 +37,9 @@ if TYPE_CHECKING:
     from appserver._server.runtime import Runtime
 
 __all__ = ["TrackedProtocol", "EnvelopeProtocol", "WebSocketClient", "AppServerWebSocketFactory"]
+
+#: A raw endpoint's coroutine that failed (module level: a fixed name).
+_log_raw = Logger(namespace="appserver.endpoint")
 
 _STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -222,6 +228,27 @@ class TrackedProtocol(WebSocketServerProtocol):
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         transport.registerProducer(Backpressure(client), True)
+
+    def _onMessage(self, payload: bytes, isBinary: bool) -> None:
+        # A raw endpoint's onMessage may be a coroutine awaiting asyncio code
+        # or Deferreds: run it like a handler, cancelled if the client goes.
+        result: Any = self.onMessage(payload, isBinary)  # type: ignore[func-returns-value]
+        if is_async(result):
+            self._follow_hook(result)
+
+    def _follow_hook(self, result: Any) -> None:
+        runtime = self.factory.runtime
+        running = as_deferred(result, runtime.reactor)
+        client = self.client
+        if client is not None:
+            runtime.dispatcher.track(client, running)
+
+        def failed(failure: Failure) -> None:
+            if client is not None and client.closed and failure.check(CancelledError, asyncio.CancelledError):
+                return  # cancelled because the client went
+            _log_raw.failure("{endpoint}.onMessage failed (client {client_id})", failure,
+                             endpoint=type(self).__name__, client_id=getattr(client, "client_id", None))
+        running.addErrback(failed)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Everything Autobahn writes itself (pongs, close frames, a raw
