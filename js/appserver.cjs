@@ -17,7 +17,7 @@ const CLOSING = 2;
 const CLOSED = 3;
 
 /** The transports a client knows, in their default order of preference. */
-const TRANSPORTS = Object.freeze(["websocket", "ajax"]);
+const TRANSPORTS = Object.freeze(["websocket", "sse", "ajax"]);
 
 /**
  * The errors the client rejects promises with and reports in `error`
@@ -408,7 +408,7 @@ const SESSION_HEADER = "X-AppServer-Session";
 /** The poll cursor of a JSON request (JSONP sends `since=` in the query). */
 const SINCE_HEADER = "X-AppServer-Since";
 
-function noop$2() {}
+function noop$3() {}
 
 /**
  * Turn an Ajax answer into its value, or throw the error it carries.
@@ -500,7 +500,7 @@ class Http {
     const timers = this._timers;
     const fetchImpl = this._fetch;
     if (typeof fetchImpl !== "function") {
-      return withAbort(Promise.reject(appError("unsupported", "no fetch() in this browser")), {abort: noop$2});
+      return withAbort(Promise.reject(appError("unsupported", "no fetch() in this browser")), {abort: noop$3});
     }
     const controller = new AbortController();
     let failure = null;
@@ -727,6 +727,14 @@ class Recovery {
     return {resuming: resuming, previousEpoch: previousEpoch, since: since, position: position};
   }
 
+  /**
+   * Where a new event stream resumes: `EPOCH:POSITION` of the highest
+   * position delivered (an event id, docs/protocol.md), or null before any.
+   */
+  resumeId() {
+    return this.epoch === null || this.lastPos === null ? null : this.epoch + ":" + this.lastPos;
+  }
+
   /** Hold live messages after `position` until finishResume(); `timer` is the caller's deadline. */
   startResume(position, timer) {
     this.resume = {connectedAt: position, held: [], timer: timer};
@@ -849,7 +857,7 @@ function makeTimers(setTimer, clearTimer) {
  * started at (the connect answer's `position` is the session's own cursor).
  */
 
-function noop$1() {}
+function noop$2() {}
 
 class AjaxConnection {
   /**
@@ -1015,7 +1023,7 @@ class AjaxConnection {
     if (byClient && this._session) {
       // Courtesy: free the session now rather than at its idle timeout.
       this._http.endpoint("disconnect", this._session, {}, undefined, this._timeouts.ajaxTimeout)
-        .catch(noop$1);
+        .catch(noop$2);
     }
   }
 }
@@ -1077,6 +1085,277 @@ class ReloadLoop {
     if (this._request) {
       this._request.abort();
       this._request = null;
+    }
+  }
+}
+
+/**
+ * The event stream transport (Server-Sent Events): `GET /events` read by an
+ * EventSource, one envelope per event; sends go by `POST /send` with the
+ * stream's secret, one at a time so the server sees them in order. It
+ * reports to its owner like the WebSocket transport.
+ *
+ * The wire contract is docs/protocol.md, "Event stream":
+ *
+ * - the URL names the channels (`channel=`, repeated) and, when the client
+ *   comes from another transport or reopens its stream, where to resume
+ *   (`lastEventId=EPOCH:POS`);
+ * - the first envelope of every stream is a `welcome` carrying the stream's
+ *   secret (`session`); every stream, a reconnection included, is a new
+ *   client with a new id and a new secret;
+ * - when a stream drops, the browser reconnects by itself with the last
+ *   event id it saw (`Last-Event-ID`); the server answers `welcome`, the
+ *   missed messages in order, then `resumed`. The owner hears of the drop
+ *   (`_interrupted`) and of the new welcome (`_onHandshake` again), so it
+ *   rejoins rooms and resends what was waiting;
+ * - a `reconnect` envelope (a server shutting down, or a refusal that
+ *   passes as a short stream) closes the stream: the owner comes back after
+ *   the announced delay.
+ *
+ * The secret stays inside this object, as the Ajax transport's does.
+ */
+
+function noop$1() {}
+
+/** EventSource.readyState values. */
+const ES_CONNECTING = 0;
+const ES_CLOSED = 2;
+
+class SseConnection {
+  /**
+   * @param {Object} owner the client
+   * @param {Function} EventSourceImpl an EventSource constructor (the browser's, or a test's fake)
+   * @param {import("../http.js").Http} http JSON over fetch, for `/send` and `/disconnect`
+   * @param {{baseUrl: string, channels: function(): string[], resumeFrom: (string|null), ajaxTimeout: number}} settings
+   *   `channels()` gives the channels to follow when a stream opens;
+   *   `resumeFrom` is `EPOCH:POS` when the client has delivered messages before.
+   */
+  constructor(owner, EventSourceImpl, http, settings) {
+    this.name = "sse";
+    this._owner = owner;
+    this._EventSource = EventSourceImpl;
+    this._http = http;
+    this._settings = settings;
+    /** The id a new stream resumes from: the last event id seen, or null. */
+    this.lastEventId = settings.resumeFrom || null;
+    /** Whether the stream being opened resumes (the server replays, then says `resumed`). */
+    this.resumesOnOpen = false;
+    /** The channels of the current stream's URL. */
+    this.channels = [];
+    this._source = null;
+    this._session = null;
+    this._welcomed = false;
+    this._queue = [];
+    this._inFlight = null;
+    this._requests = new Set();
+    this._closed = false;
+  }
+
+  start() {
+    this._open();
+  }
+
+  _open() {
+    this.channels = this._settings.channels().slice();
+    this.resumesOnOpen = this.lastEventId !== null;
+    this._welcomed = false;
+    this._session = null;
+    let url = this._settings.baseUrl + "/events";
+    this.channels.forEach(function (channel) {
+      url = withQuery(url, {channel: channel});
+    });
+    url = withQuery(url, {lastEventId: this.lastEventId});
+    let source;
+    try {
+      source = this._source = new this._EventSource(url);
+    } catch (error) {
+      // For example a SecurityError for a URL the page may not open.
+      this._end({code: 1006, reason: "refused", wasClean: false, error: error});
+      return;
+    }
+    source.onmessage = (event) => this._receive(event);
+    source.onerror = () => this._error(source);
+  }
+
+  _receive(event) {
+    const owner = this._owner;
+    let envelope;
+    try {
+      envelope = JSON.parse(event.data);
+    } catch (error) {
+      owner._protocolError(this, "bad_json", "the server sent an event that is not JSON");
+      return;
+    }
+    if (!envelope || typeof envelope !== "object") {
+      owner._onEnvelope(this, envelope);
+      return;
+    }
+    const data = envelope.data || {};
+    if (envelope.type === "welcome" && !this._welcomed) {
+      this._welcomed = true;
+      this._session = typeof data.session === "string" && data.session ? data.session : null;
+      if (!this.resumesOnOpen && data.epoch !== undefined && typeof data.position === "number") {
+        this.lastEventId = data.epoch + ":" + data.position;
+      }
+      // The owner sees the welcome without the secret.
+      const welcome = Object.assign({}, envelope, {data: Object.assign({}, data)});
+      delete welcome.data.session;
+      owner._onHandshake(this, welcome);
+      this._pump();
+      return;
+    }
+    if (envelope.type === "resumed" && data.epoch !== undefined && typeof data.position === "number") {
+      this.lastEventId = data.epoch + ":" + data.position;
+    } else if (event.lastEventId && typeof envelope.pos === "number") {
+      this.lastEventId = event.lastEventId;
+    }
+    owner._onEnvelope(this, envelope);
+    if (envelope.type === "reconnect" && !this._closed) {
+      // The owner noted the delay; it, not the browser, comes back.
+      this._end({code: 1001, reason: "the server asked to reconnect", wasClean: true});
+    }
+  }
+
+  _error(source) {
+    if (this._closed || source !== this._source) {
+      return;
+    }
+    if (source.readyState === ES_CONNECTING && this._welcomed) {
+      // The stream dropped after it opened: the browser reconnects by
+      // itself with Last-Event-ID, to a new client with a new secret.
+      this._interrupt({code: 1006, reason: "stream interrupted", wasClean: false});
+      return;
+    }
+    // Refused with an error status (CLOSED: the browser gives up), or a
+    // stream that failed before its welcome.
+    const status = source.readyState === ES_CLOSED ? "refused" : "network";
+    this._end({code: 1006, reason: status, wasClean: false});
+  }
+
+  /** Between two streams: what was sent on the old one gets its answers there, or never. */
+  _interrupt(info) {
+    this._welcomed = false;
+    this._session = null;
+    this.resumesOnOpen = this.lastEventId !== null;
+    this._abortRequests();
+    info.unsent = this._queue;
+    this._queue = [];
+    this._owner._interrupted(this, info);
+  }
+
+  /**
+   * Open a new stream at once with the owner's current channels, resuming
+   * from the last event id (the browser's own reconnect asks for the old
+   * URL's channels only).
+   */
+  reopen(reason) {
+    if (this._closed) {
+      return;
+    }
+    this._closeSource(true);
+    this._interrupt({code: 1000, reason: reason || "reopening", wasClean: true});
+    if (!this._closed) {
+      this._open();
+    }
+  }
+
+  /** Queue `envelope` for `POST /send`; false once this connection is closed. */
+  send(envelope) {
+    if (this._closed) {
+      return false;
+    }
+    this._queue.push(envelope);
+    this._pump();
+    return true;
+  }
+
+  _pump() {
+    if (this._closed || this._inFlight || !this._session || !this._queue.length) {
+      return;
+    }
+    const envelope = this._inFlight = this._queue.shift();
+    const session = this._session;
+    const request = this._track(this._http.endpoint("send", session, {}, envelope, this._settings.ajaxTimeout));
+    request.then(() => {
+      if (this._inFlight === envelope) {
+        this._inFlight = null;
+        this._pump();
+      }
+    }, (error) => {
+      if (this._closed || this._inFlight !== envelope) {
+        return; // Aborted: the stream it was sent for is gone.
+      }
+      this._inFlight = null;
+      if (error.sessionLost) {
+        // The stream is gone (410 unknown_session): it never reached a client.
+        this._end({code: 1006, reason: error.code || "unknown_session", wasClean: false, error: error}, [envelope]);
+      } else if (error.status >= 400 && error.status < 500) {
+        // The server refused this envelope; the stream goes on.
+        this._owner._onEnvelope(this, {
+          type: "error",
+          id: envelope.id === undefined ? null : envelope.id,
+          data: {code: error.code, message: error.message},
+        });
+        this._pump();
+      } else {
+        // Lost in transit: whether the server got it is unknown, so it counts as sent.
+        this._end({code: 1006, reason: error.code || "network", wasClean: false, error: error});
+      }
+    });
+  }
+
+  /** Keep `request` abortable until it settles. */
+  _track(request) {
+    this._requests.add(request);
+    const forget = () => { this._requests.delete(request); };
+    request.then(forget, forget);
+    return request;
+  }
+
+  _abortRequests() {
+    this._inFlight = null;
+    this._requests.forEach(function (request) { request.abort(); });
+    this._requests.clear();
+  }
+
+  /** The connection is over: tell the owner, handing back what was never sent. */
+  _end(info, unsent) {
+    if (this._closed) {
+      return;
+    }
+    info.unsent = (unsent || []).concat(this._queue);
+    this.close(false);
+    this._owner._lost(this, info);
+  }
+
+  _closeSource(quietly) {
+    const source = this._source;
+    if (!source) {
+      return;
+    }
+    this._source = null;
+    if (quietly) {
+      source.onmessage = source.onerror = null;
+    }
+    try {
+      source.close();
+    } catch (error) {
+      // Already closed.
+    }
+  }
+
+  /** Close the stream; `byClient` also tells the server at once (`POST /disconnect`). */
+  close(byClient) {
+    if (this._closed) {
+      return;
+    }
+    this._closed = true;
+    const session = this._session;
+    this._queue = [];
+    this._closeSource(true);
+    this._abortRequests();
+    if (byClient && session) {
+      this._http.endpoint("disconnect", session, {}, undefined, this._settings.ajaxTimeout).catch(noop$1);
     }
   }
 }
@@ -1172,7 +1451,7 @@ class WebSocketConnection {
  * @property {string} [url] WebSocket URL (default `AppServerConfig.wsUrl`, else `ws(s)://<hostname>:9002/`).
  * @property {string} [ajaxUrl] Base URL of the Ajax site (default `AppServerConfig.ajaxUrl`,
  *   else `http(s)://<hostname>:9001`).
- * @property {string[]} [transports] Transports to try, in order (default `["websocket", "ajax"]`).
+ * @property {string[]} [transports] Transports to try, in order (default `["websocket", "sse", "ajax"]`).
  * @property {boolean} [websockets] `false` is shorthand for `transports: ["ajax"]`.
  * @property {"json"|"jsonp"} [ajaxMode] How the Ajax transport talks (default `"json"`).
  * @property {boolean} [autoConnect] `false` to connect only when `open()` is called.
@@ -1188,6 +1467,7 @@ class WebSocketConnection {
  * @property {number} [reloadInterval] Seconds: polling-refresh mode (no connection), see docs.
  * @property {string} [reloadUrl] URL fetched in that mode (default `ajaxUrl + "/get_client_count"`).
  * @property {Function} [WebSocket] WebSocket constructor (default `window.WebSocket`).
+ * @property {Function} [EventSource] EventSource constructor (default `window.EventSource`).
  * @property {Function} [fetch] fetch implementation (default `window.fetch`).
  * @property {Document} [document] Document for JSONP and visibility (default `window.document`).
  * @property {Location} [location] Where default URLs are derived from (default `window.location`).
@@ -1217,7 +1497,7 @@ class Client extends Emitter {
 
     /** CONNECTING (0), OPEN (1), CLOSING (2) or CLOSED (3), as for a WebSocket. */
     this.readyState = CLOSED;
-    /** `"websocket"` or `"ajax"` while open, else `null`. */
+    /** `"websocket"`, `"sse"` or `"ajax"` while open, else `null`. */
     this.transport = null;
     /** The server's id for this connection (from `welcome`), or `null`. */
     this.clientId = null;
@@ -1225,13 +1505,17 @@ class Client extends Emitter {
     const root = globalThis;
     this._timers = makeTimers(options.setTimeout, options.clearTimeout);
     this._doc = options.document || root.document || null;
-    this._http = new Http({
+    const httpEnv = {
       baseUrl: this.ajaxUrl,
       mode: opts.ajaxMode,
       fetch: options.fetch || (typeof root.fetch === "function" ? root.fetch.bind(root) : null),
       document: this._doc,
       timers: this._timers,
-    });
+    };
+    this._http = new Http(httpEnv);
+    // The event stream sends by POST whatever the Ajax mode (an EventSource
+    // needs CORS anyway).
+    this._jsonHttp = opts.ajaxMode === "json" ? this._http : new Http(Object.assign({}, httpEnv, {mode: "json"}));
 
     this._buffer = new SendBuffer(opts.maxBufferedSends);
     this._pending = new Map();
@@ -1249,6 +1533,7 @@ class Client extends Emitter {
     this._announcedDelay = null;
 
     this._reconnectTimer = null;
+    this._reopenQueued = false;
     this._handshakeTimer = null;
     this._stableTimer = null;
     this._liveness = null;
@@ -1339,6 +1624,19 @@ class Client extends Emitter {
         this._scheduleReconnect(true);
         return;
       }
+    } else if (name === "sse") {
+      const EventSourceImpl = this._opts.EventSource || globalThis.EventSource;
+      if (typeof EventSourceImpl !== "function") {
+        this._choice.markUnavailable(name);
+        this._scheduleReconnect(true);
+        return;
+      }
+      conn = new SseConnection(this, EventSourceImpl, this._jsonHttp, {
+        baseUrl: this.ajaxUrl,
+        channels: () => Array.from(this._channels),
+        resumeFrom: this._recovery.resumeId(),
+        ajaxTimeout: this._opts.ajaxTimeout,
+      });
     } else {
       conn = new AjaxConnection(this, this._http, this._opts);
     }
@@ -1369,16 +1667,24 @@ class Client extends Emitter {
       this._backoff.reset();
     }, STABLE_AFTER_MS);
 
+    // An event stream opened with an id is resumed by the server itself
+    // (welcome, the replay, `resumed`); its channels are those of its URL.
+    const stream = name === "sse";
     if (start.resuming) {
       // Live messages (after `position`) wait until the replay of what was
       // missed is done, so the application sees everything in order.
       this._recovery.startResume(start.position,
         this._timers.timeout(() => this._finishResume(false, null), this._opts.requestTimeout));
-      this._control({type: "resume", data: {
-        epoch: start.previousEpoch, since: start.since, channels: Array.from(this._channels),
-      }});
-    } else {
+      if (!(stream && conn.resumesOnOpen)) {
+        this._control({type: "resume", data: {
+          epoch: start.previousEpoch, since: start.since, channels: stream ? conn.channels : Array.from(this._channels),
+        }});
+      }
+    } else if (!stream) {
       this._channels.forEach((channel) => this._control({type: "subscribe", data: {channel: channel}}));
+    }
+    if (stream) {
+      this._reopenIfChannelsChanged();
     }
     this._rooms.forEach((username, room) => this._control({type: "join", data: {room: room, username: username}}));
     this._flushBuffer();
@@ -1406,7 +1712,45 @@ class Client extends Emitter {
     const wasOpen = this.readyState === OPEN;
     this._stopConnectionTimers();
     this.transport = null;
+    this._connectionDown(info);
 
+    this.readyState = CONNECTING;
+    if (wasOpen) {
+      this._emit("close", {
+        code: info.code, reason: info.reason, wasClean: !!info.wasClean, willReconnect: this._willReconnect(),
+      });
+      if (this._conn || this.readyState !== CONNECTING || this._reconnectTimer !== null) {
+        return; // A close handler closed or reopened the client.
+      }
+    }
+    this._scheduleReconnect(!wasOpen);
+  }
+
+  /**
+   * An event stream dropped and comes back by itself (the browser's
+   * reconnect, or a new stream for new channels): the same connection
+   * object, but a new client on the server, welcomed again. It has
+   * `connectTimeout` to do so; after that it counts as lost.
+   */
+  _interrupted(conn, info) {
+    if (conn !== this._conn) {
+      return;
+    }
+    const wasOpen = this.readyState === OPEN;
+    this._stopConnectionTimers();
+    this.transport = null;
+    this._connectionDown(info);
+    this.readyState = CONNECTING;
+    this._handshakeTimer = this._timers.timeout(() => {
+      this._lost(conn, {code: 1006, reason: "connect timeout", wasClean: false});
+    }, this._opts.connectTimeout);
+    if (wasOpen) {
+      this._emit("close", {code: info.code, reason: info.reason, wasClean: !!info.wasClean, willReconnect: true});
+    }
+  }
+
+  /** Requests sent on a connection that went down will get no reply; what was never sent waits. */
+  _connectionDown(info) {
     const unsent = (info.unsent || []).filter((envelope) => !this._controlEnvelopes.has(envelope));
     const unsentIds = new Set();
     unsent.forEach(function (envelope) {
@@ -1425,17 +1769,6 @@ class Client extends Emitter {
       this._buffer.prepend(unsent);
       this._trimBuffer();
     }
-
-    this.readyState = CONNECTING;
-    if (wasOpen) {
-      this._emit("close", {
-        code: info.code, reason: info.reason, wasClean: !!info.wasClean, willReconnect: this._willReconnect(),
-      });
-      if (this._conn || this.readyState !== CONNECTING || this._reconnectTimer !== null) {
-        return; // A close handler closed or reopened the client.
-      }
-    }
-    this._scheduleReconnect(!wasOpen);
   }
 
   _willReconnect() {
@@ -1447,7 +1780,9 @@ class Client extends Emitter {
    * at once, the same one after a backoff delay, or nothing.
    */
   _scheduleReconnect(failedBeforeOpen) {
-    if (failedBeforeOpen) {
+    // A server that said when to come back (a refusal answered as a short
+    // event stream) refused for now: the transport itself works.
+    if (failedBeforeOpen && this._announcedDelay === null) {
       const next = this._choice.failedBeforeOpen();
       if (next === "none") {
         this._giveUp("no_transport", "no usable transport among " + this._opts.transports.join(", "), true);
@@ -1772,16 +2107,49 @@ class Client extends Emitter {
     requireName(channel, "the channel");
     if (!this._channels.has(channel)) {
       this._channels.add(channel);
-      this._controlIfOpen({type: "subscribe", data: {channel: channel}});
+      this._channelsChanged({type: "subscribe", data: {channel: channel}});
     }
     return this;
   }
 
   unsubscribe(channel) {
     if (this._channels.delete(channel)) {
-      this._controlIfOpen({type: "unsubscribe", data: {channel: channel}});
+      this._channelsChanged({type: "unsubscribe", data: {channel: channel}});
     }
     return this;
+  }
+
+  /**
+   * An event stream follows the channels of its URL, which the browser's
+   * own reconnect asks for again: a change opens a new stream with the
+   * whole list, resuming from the last event id. Changes made in one go
+   * (several subscribe() calls in a row) open one stream.
+   */
+  _channelsChanged(envelope) {
+    if (this._conn && this._conn.name === "sse") {
+      this._reopenIfChannelsChanged();
+    } else {
+      this._controlIfOpen(envelope);
+    }
+  }
+
+  _reopenIfChannelsChanged() {
+    if (this._reopenQueued) {
+      return;
+    }
+    this._reopenQueued = true;
+    this._defer(() => {
+      this._reopenQueued = false;
+      const conn = this._conn;
+      if (!conn || conn.name !== "sse" || this.readyState !== OPEN) {
+        return; // Not open: the next welcome checks again.
+      }
+      const current = conn.channels;
+      const wanted = this._channels;
+      if (current.length !== wanted.size || current.some((channel) => !wanted.has(channel))) {
+        conn.reopen("channels changed");
+      }
+    });
   }
 
   /** Publish `data` on a channel (if the application lets clients publish there). */

@@ -32,7 +32,8 @@ export interface ClientEnvelope<Data = AppData> {
   id?: number;
 }
 
-export type TransportName = "websocket" | "ajax";
+/** `"sse"` is the event stream (Server-Sent Events). */
+export type TransportName = "websocket" | "sse" | "ajax";
 
 /** `welcome`: the first envelope of every connection or Ajax session. */
 export interface WelcomeData {
@@ -101,6 +102,8 @@ export interface ClientCounts {
   client_count: number;
   websocket: number;
   ajax: number;
+  /** Event streams (`GET /events`). */
+  sse: number;
   /** The server's time, as C's ctime() writes it. */
   time: string;
   /** With a room: the room asked about. */
@@ -218,6 +221,18 @@ export interface WebSocketLike {
 /** A WebSocket constructor: `window.WebSocket`, or a fake. */
 export type WebSocketConstructorLike = new (url: string) => WebSocketLike;
 
+/** The part of an EventSource the client uses; the client sets the handlers. */
+export interface EventSourceLike {
+  /** 0 connecting (also while the browser reconnects), 1 open, 2 closed for good. */
+  readonly readyState: number;
+  close(): void;
+  onmessage?: ((event: any) => void) | null;
+  onerror?: ((event: any) => void) | null;
+}
+
+/** An EventSource constructor: `window.EventSource`, or a fake. */
+export type EventSourceConstructorLike = new (url: string) => EventSourceLike;
+
 /** The AbortSignal of the environment (DOM or Node), or anything where there is none. */
 export type AbortSignalLike = typeof globalThis extends { AbortSignal: { prototype: infer Signal } } ? Signal : unknown;
 
@@ -279,7 +294,7 @@ export interface ClientOptions {
   url?: string;
   /** Base URL of the Ajax site. Default `AppServerConfig.ajaxUrl`, else `http(s)://<hostname>:9001`. */
   ajaxUrl?: string;
-  /** Transports to try, in order. Default `["websocket", "ajax"]`. */
+  /** Transports to try, in order. Default `["websocket", "sse", "ajax"]`. */
   transports?: TransportName[];
   /** `false` is shorthand for `transports: ["ajax"]`. */
   websockets?: boolean;
@@ -310,6 +325,8 @@ export interface ClientOptions {
 
   /** WebSocket constructor. Default `window.WebSocket`. */
   WebSocket?: WebSocketConstructorLike;
+  /** EventSource constructor (the `sse` transport). Default `window.EventSource`. */
+  EventSource?: EventSourceConstructorLike;
   /** fetch implementation. Default `window.fetch`. */
   fetch?(url: string, init: FetchInitLike): Promise<ResponseLike>;
   /** Document for JSONP scripts and `visibilitychange`. Default `window.document`. */
@@ -359,7 +376,7 @@ export declare class Client {
 
   /** CONNECTING (also while waiting to reconnect), OPEN or CLOSED; CLOSING is never observed. */
   readonly readyState: ReadyState;
-  /** `"websocket"` or `"ajax"` while open, else `null`. */
+  /** `"websocket"`, `"sse"` or `"ajax"` while open, else `null`. */
   readonly transport: TransportName | null;
   /** The server's public id for this connection (from `welcome`); never the Ajax session secret. */
   readonly clientId: string | null;

@@ -70,7 +70,7 @@ def test_markup_in_a_message_is_shown_as_text(server, new_page):
 
 
 def test_page_without_websocket_chats_with_a_websocket_page(server, new_page):
-    ajax = new_page(server.url("static") + "/", init_script="delete window.WebSocket")
+    ajax = new_page(server.url("static") + "/", init_script="delete window.WebSocket; delete window.EventSource")
     ws = new_page(server.url("static") + "/")
     connected(ajax, "ajax")
     connected(ws, "websocket")

@@ -217,7 +217,7 @@ def test_dashboard_push_and_polling_refresh(server, new_page):
 
 
 def test_dashboard_push_falls_back_to_ajax_without_websocket(server, new_page):
-    page = page_of(server, new_page, "dashboard", init_script="delete window.WebSocket")
+    page = page_of(server, new_page, "dashboard", init_script="delete window.WebSocket; delete window.EventSource")
     expect(page.locator("#push-transport")).to_have_text("ajax")
     push = page.locator("#push-counter")
     expect(push).to_have_text(NUMBER)

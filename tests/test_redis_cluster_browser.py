@@ -58,7 +58,7 @@ def count_text(n: int) -> re.Pattern[str]:
 def test_demo_page_through_nginx_on_two_nodes(balanced, new_page):
     public, nodes = balanced
     ws = new_page(public + "/")
-    ajax = new_page(public + "/", init_script="delete window.WebSocket")
+    ajax = new_page(public + "/", init_script="delete window.WebSocket; delete window.EventSource")
     expect(ws.locator("#status")).to_have_text("connected over websocket")
     expect(ajax.locator("#status")).to_have_text("connected over ajax")
 

@@ -20,6 +20,7 @@ import {makeTimers} from "./timers.js";
 import {withQuery} from "./urls.js";
 import {AjaxConnection} from "./transports/ajax.js";
 import {ReloadLoop} from "./transports/reload.js";
+import {SseConnection} from "./transports/sse.js";
 import {WebSocketConnection} from "./transports/websocket.js";
 
 /**
@@ -27,7 +28,7 @@ import {WebSocketConnection} from "./transports/websocket.js";
  * @property {string} [url] WebSocket URL (default `AppServerConfig.wsUrl`, else `ws(s)://<hostname>:9002/`).
  * @property {string} [ajaxUrl] Base URL of the Ajax site (default `AppServerConfig.ajaxUrl`,
  *   else `http(s)://<hostname>:9001`).
- * @property {string[]} [transports] Transports to try, in order (default `["websocket", "ajax"]`).
+ * @property {string[]} [transports] Transports to try, in order (default `["websocket", "sse", "ajax"]`).
  * @property {boolean} [websockets] `false` is shorthand for `transports: ["ajax"]`.
  * @property {"json"|"jsonp"} [ajaxMode] How the Ajax transport talks (default `"json"`).
  * @property {boolean} [autoConnect] `false` to connect only when `open()` is called.
@@ -43,6 +44,7 @@ import {WebSocketConnection} from "./transports/websocket.js";
  * @property {number} [reloadInterval] Seconds: polling-refresh mode (no connection), see docs.
  * @property {string} [reloadUrl] URL fetched in that mode (default `ajaxUrl + "/get_client_count"`).
  * @property {Function} [WebSocket] WebSocket constructor (default `window.WebSocket`).
+ * @property {Function} [EventSource] EventSource constructor (default `window.EventSource`).
  * @property {Function} [fetch] fetch implementation (default `window.fetch`).
  * @property {Document} [document] Document for JSONP and visibility (default `window.document`).
  * @property {Location} [location] Where default URLs are derived from (default `window.location`).
@@ -72,7 +74,7 @@ export class Client extends Emitter {
 
     /** CONNECTING (0), OPEN (1), CLOSING (2) or CLOSED (3), as for a WebSocket. */
     this.readyState = CLOSED;
-    /** `"websocket"` or `"ajax"` while open, else `null`. */
+    /** `"websocket"`, `"sse"` or `"ajax"` while open, else `null`. */
     this.transport = null;
     /** The server's id for this connection (from `welcome`), or `null`. */
     this.clientId = null;
@@ -80,13 +82,17 @@ export class Client extends Emitter {
     const root = globalThis;
     this._timers = makeTimers(options.setTimeout, options.clearTimeout);
     this._doc = options.document || root.document || null;
-    this._http = new Http({
+    const httpEnv = {
       baseUrl: this.ajaxUrl,
       mode: opts.ajaxMode,
       fetch: options.fetch || (typeof root.fetch === "function" ? root.fetch.bind(root) : null),
       document: this._doc,
       timers: this._timers,
-    });
+    };
+    this._http = new Http(httpEnv);
+    // The event stream sends by POST whatever the Ajax mode (an EventSource
+    // needs CORS anyway).
+    this._jsonHttp = opts.ajaxMode === "json" ? this._http : new Http(Object.assign({}, httpEnv, {mode: "json"}));
 
     this._buffer = new SendBuffer(opts.maxBufferedSends);
     this._pending = new Map();
@@ -104,6 +110,7 @@ export class Client extends Emitter {
     this._announcedDelay = null;
 
     this._reconnectTimer = null;
+    this._reopenQueued = false;
     this._handshakeTimer = null;
     this._stableTimer = null;
     this._liveness = null;
@@ -194,6 +201,19 @@ export class Client extends Emitter {
         this._scheduleReconnect(true);
         return;
       }
+    } else if (name === "sse") {
+      const EventSourceImpl = this._opts.EventSource || globalThis.EventSource;
+      if (typeof EventSourceImpl !== "function") {
+        this._choice.markUnavailable(name);
+        this._scheduleReconnect(true);
+        return;
+      }
+      conn = new SseConnection(this, EventSourceImpl, this._jsonHttp, {
+        baseUrl: this.ajaxUrl,
+        channels: () => Array.from(this._channels),
+        resumeFrom: this._recovery.resumeId(),
+        ajaxTimeout: this._opts.ajaxTimeout,
+      });
     } else {
       conn = new AjaxConnection(this, this._http, this._opts);
     }
@@ -224,16 +244,24 @@ export class Client extends Emitter {
       this._backoff.reset();
     }, STABLE_AFTER_MS);
 
+    // An event stream opened with an id is resumed by the server itself
+    // (welcome, the replay, `resumed`); its channels are those of its URL.
+    const stream = name === "sse";
     if (start.resuming) {
       // Live messages (after `position`) wait until the replay of what was
       // missed is done, so the application sees everything in order.
       this._recovery.startResume(start.position,
         this._timers.timeout(() => this._finishResume(false, null), this._opts.requestTimeout));
-      this._control({type: "resume", data: {
-        epoch: start.previousEpoch, since: start.since, channels: Array.from(this._channels),
-      }});
-    } else {
+      if (!(stream && conn.resumesOnOpen)) {
+        this._control({type: "resume", data: {
+          epoch: start.previousEpoch, since: start.since, channels: stream ? conn.channels : Array.from(this._channels),
+        }});
+      }
+    } else if (!stream) {
       this._channels.forEach((channel) => this._control({type: "subscribe", data: {channel: channel}}));
+    }
+    if (stream) {
+      this._reopenIfChannelsChanged();
     }
     this._rooms.forEach((username, room) => this._control({type: "join", data: {room: room, username: username}}));
     this._flushBuffer();
@@ -261,7 +289,45 @@ export class Client extends Emitter {
     const wasOpen = this.readyState === OPEN;
     this._stopConnectionTimers();
     this.transport = null;
+    this._connectionDown(info);
 
+    this.readyState = CONNECTING;
+    if (wasOpen) {
+      this._emit("close", {
+        code: info.code, reason: info.reason, wasClean: !!info.wasClean, willReconnect: this._willReconnect(),
+      });
+      if (this._conn || this.readyState !== CONNECTING || this._reconnectTimer !== null) {
+        return; // A close handler closed or reopened the client.
+      }
+    }
+    this._scheduleReconnect(!wasOpen);
+  }
+
+  /**
+   * An event stream dropped and comes back by itself (the browser's
+   * reconnect, or a new stream for new channels): the same connection
+   * object, but a new client on the server, welcomed again. It has
+   * `connectTimeout` to do so; after that it counts as lost.
+   */
+  _interrupted(conn, info) {
+    if (conn !== this._conn) {
+      return;
+    }
+    const wasOpen = this.readyState === OPEN;
+    this._stopConnectionTimers();
+    this.transport = null;
+    this._connectionDown(info);
+    this.readyState = CONNECTING;
+    this._handshakeTimer = this._timers.timeout(() => {
+      this._lost(conn, {code: 1006, reason: "connect timeout", wasClean: false});
+    }, this._opts.connectTimeout);
+    if (wasOpen) {
+      this._emit("close", {code: info.code, reason: info.reason, wasClean: !!info.wasClean, willReconnect: true});
+    }
+  }
+
+  /** Requests sent on a connection that went down will get no reply; what was never sent waits. */
+  _connectionDown(info) {
     const unsent = (info.unsent || []).filter((envelope) => !this._controlEnvelopes.has(envelope));
     const unsentIds = new Set();
     unsent.forEach(function (envelope) {
@@ -280,17 +346,6 @@ export class Client extends Emitter {
       this._buffer.prepend(unsent);
       this._trimBuffer();
     }
-
-    this.readyState = CONNECTING;
-    if (wasOpen) {
-      this._emit("close", {
-        code: info.code, reason: info.reason, wasClean: !!info.wasClean, willReconnect: this._willReconnect(),
-      });
-      if (this._conn || this.readyState !== CONNECTING || this._reconnectTimer !== null) {
-        return; // A close handler closed or reopened the client.
-      }
-    }
-    this._scheduleReconnect(!wasOpen);
   }
 
   _willReconnect() {
@@ -302,7 +357,9 @@ export class Client extends Emitter {
    * at once, the same one after a backoff delay, or nothing.
    */
   _scheduleReconnect(failedBeforeOpen) {
-    if (failedBeforeOpen) {
+    // A server that said when to come back (a refusal answered as a short
+    // event stream) refused for now: the transport itself works.
+    if (failedBeforeOpen && this._announcedDelay === null) {
       const next = this._choice.failedBeforeOpen();
       if (next === "none") {
         this._giveUp("no_transport", "no usable transport among " + this._opts.transports.join(", "), true);
@@ -629,16 +686,49 @@ export class Client extends Emitter {
     requireName(channel, "the channel");
     if (!this._channels.has(channel)) {
       this._channels.add(channel);
-      this._controlIfOpen({type: "subscribe", data: {channel: channel}});
+      this._channelsChanged({type: "subscribe", data: {channel: channel}});
     }
     return this;
   }
 
   unsubscribe(channel) {
     if (this._channels.delete(channel)) {
-      this._controlIfOpen({type: "unsubscribe", data: {channel: channel}});
+      this._channelsChanged({type: "unsubscribe", data: {channel: channel}});
     }
     return this;
+  }
+
+  /**
+   * An event stream follows the channels of its URL, which the browser's
+   * own reconnect asks for again: a change opens a new stream with the
+   * whole list, resuming from the last event id. Changes made in one go
+   * (several subscribe() calls in a row) open one stream.
+   */
+  _channelsChanged(envelope) {
+    if (this._conn && this._conn.name === "sse") {
+      this._reopenIfChannelsChanged();
+    } else {
+      this._controlIfOpen(envelope);
+    }
+  }
+
+  _reopenIfChannelsChanged() {
+    if (this._reopenQueued) {
+      return;
+    }
+    this._reopenQueued = true;
+    this._defer(() => {
+      this._reopenQueued = false;
+      const conn = this._conn;
+      if (!conn || conn.name !== "sse" || this.readyState !== OPEN) {
+        return; // Not open: the next welcome checks again.
+      }
+      const current = conn.channels;
+      const wanted = this._channels;
+      if (current.length !== wanted.size || current.some((channel) => !wanted.has(channel))) {
+        conn.reopen("channels changed");
+      }
+    });
   }
 
   /** Publish `data` on a channel (if the application lets clients publish there). */

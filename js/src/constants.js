@@ -8,4 +8,4 @@ export const CLOSING = 2;
 export const CLOSED = 3;
 
 /** The transports a client knows, in their default order of preference. */
-export const TRANSPORTS = Object.freeze(["websocket", "ajax"]);
+export const TRANSPORTS = Object.freeze(["websocket", "sse", "ajax"]);

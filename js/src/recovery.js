@@ -49,6 +49,14 @@ export class Recovery {
     return {resuming: resuming, previousEpoch: previousEpoch, since: since, position: position};
   }
 
+  /**
+   * Where a new event stream resumes: `EPOCH:POSITION` of the highest
+   * position delivered (an event id, docs/protocol.md), or null before any.
+   */
+  resumeId() {
+    return this.epoch === null || this.lastPos === null ? null : this.epoch + ":" + this.lastPos;
+  }
+
   /** Hold live messages after `position` until finishResume(); `timer` is the caller's deadline. */
   startResume(position, timer) {
     this.resume = {connectedAt: position, held: [], timer: timer};

@@ -22,6 +22,7 @@ import AppServer, {
   type ReadyState,
   type TransportName,
   type WebSocketLike,
+  type EventSourceLike,
 } from "appserver-client";
 
 // Creating a client --------------------------------------------------------
@@ -29,7 +30,7 @@ import AppServer, {
 const options: ClientOptions = {
   url: "wss://rt.example/",
   ajaxUrl: "https://rt.example:9001",
-  transports: ["websocket", "ajax"],
+  transports: ["websocket", "sse", "ajax"],
   websockets: true,
   ajaxMode: "jsonp",
   autoConnect: false,
@@ -54,6 +55,7 @@ const viaDefaultClass: Client = new AppServer.Client({ reconnect: { maxRetries: 
 const browser: Client = connect({
   autoConnect: false,
   WebSocket: window.WebSocket,
+  EventSource: window.EventSource,
   fetch: window.fetch.bind(window),
   document: window.document,
   location: window.location,
@@ -74,11 +76,21 @@ class FakeWebSocket implements WebSocketLike {
     this.readyState = code === undefined ? 3 : 3;
   }
 }
+class FakeEventSource implements EventSourceLike {
+  readyState = 0;
+  onmessage: ((event: { data: string; lastEventId: string }) => void) | null = null;
+  onerror: (() => void) | null = null;
+  constructor(readonly url: string) {}
+  close(): void {
+    this.readyState = 2;
+  }
+}
 const timers = new Map<number, () => void>();
 let nextTimer = 0;
 const faked: Client = connect({
   autoConnect: false,
   WebSocket: FakeWebSocket,
+  EventSource: FakeEventSource,
   fetch: async (url, init) => ({ status: 200, text: async () => JSON.stringify({ url, method: init.method }) }),
   document: {
     createElement: () => ({ src: "", async: false, onerror: null, parentNode: null }),
@@ -95,7 +107,7 @@ const config: AppServerConfig = { wsUrl: "ws://h:9002/", ajaxUrl: "http://h:9001
 // @ts-expect-error: only "json" and "jsonp"
 connect({ ajaxMode: "xml" });
 // @ts-expect-error: only the known transports
-connect({ transports: ["sse"] });
+connect({ transports: ["comet"] });
 // @ts-expect-error: reconnect is settings or false, not true
 connect({ reconnect: true });
 
@@ -127,7 +139,7 @@ client
       console.log("reload your state");
     }
   })
-  .on("transport", (name) => console.log(name === "websocket" || name === "ajax"))
+  .on("transport", (name) => console.log(name === "websocket" || name === "sse" || name === "ajax"))
   .on("reload", (counts: ClientCounts) => console.log(counts.client_count));
 
 client.on("chat", function (text, envelope: ChatEnvelope) {
@@ -179,7 +191,7 @@ async function requests(): Promise<void> {
   const names: string[] = await client.members("lobby");
   const counts: ClientCounts = await client.clientCount();
   const room = await client.clientCount("lobby");
-  console.log(names, counts.client_count, counts.websocket, counts.ajax, counts.time, room.room, room.room_count);
+  console.log(names, counts.client_count, counts.websocket, counts.ajax, counts.sse, counts.time, room.room, room.room_count);
   try {
     await client.request("publish", { channel: "ro", data: 1 });
   } catch (caught) {
