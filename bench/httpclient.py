@@ -29,13 +29,16 @@ class HttpConnection:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=1 << 22)
         return self._reader, self._writer
 
-    async def request(self, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
-        """Send one request and return (status, body); reconnects once if the kept-alive socket died."""
+    async def request(self, method: str, target: str, body: bytes = b"", headers: str = "") -> tuple[int, bytes]:
+        """Send one request and return (status, body); reconnects once if the kept-alive socket died.
+
+        ``headers`` are extra header lines, each ending with CRLF.
+        """
         for attempt in (0, 1):
             reader, writer = await self._ensure_open()
             head = (
                 f"{method} {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n\r\n"
+                f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n{headers}\r\n"
             ).encode()
             writer.write(head + body)
             try:

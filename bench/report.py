@@ -23,7 +23,7 @@ class GroupResult:
     """One server at one client count in one run: idle memory plus one LevelResult per in-flight level."""
 
     server: str
-    transport: str  # "ws" or "longpoll"
+    transport: str  # "ws", "longpoll" or "sse"
     clients: int
     run: int
     levels: list[LevelResult] = field(default_factory=list)
@@ -145,6 +145,53 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
 
+#: Issue 15's target: SSE CPU per delivered message at most this many times WebSocket's, by broadcasts in flight.
+SSE_TARGETS = {1: 1.5, 32: 2.0}
+
+
+def _same_run_ratio(groups: Sequence[GroupResult], server: str, transport: str, clients: int,
+                    inflight: int) -> float | None:
+    """Median over runs of transport's CPU µs/msg ÷ WebSocket's, each run divided by its own WebSocket group."""
+    def by_run(kind: str) -> dict[int, Any]:
+        out = {}
+        for g in groups:
+            if g.server == server and g.transport == kind and g.clients == clients:
+                for lv in g.levels:
+                    if lv.inflight == inflight and lv.cpu_us_per_msg:
+                        out[g.run] = lv.cpu_us_per_msg
+        return out
+    mine, ws = by_run(transport), by_run("ws")
+    return _median(mine[run] / ws[run] for run in mine if run in ws)
+
+
+def _sse_table(sse_cells: Sequence[Cell], ws_cells: Sequence[Cell], lp_cells: Sequence[Cell],
+               groups: Sequence[GroupResult]) -> list[str]:
+    """SSE next to WebSocket and long poll at the same N and in-flight level, with the issue's target."""
+    ws_index = {(c.server, c.clients, c.inflight): c for c in ws_cells}
+    lp_index = {(c.server, c.clients, c.inflight): c for c in lp_cells}
+    lines = ["## Event stream (SSE)", "",
+             "Target (issue 15): SSE CPU µs/msg at most 1.5× WebSocket's at 1 in flight, 2× at 32; "
+             "the ratios divide figures of the same run.", "",
+             "| N clients | in flight | server | msgs/s | CPU µs/msg SSE | CPU µs/msg WebSocket | "
+             "CPU µs/msg long poll | SSE / WebSocket | long poll / WebSocket | target | p50 ms | p99 ms | lost | runs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in sorted(sse_cells, key=lambda c: (c.clients, c.inflight)):
+        key = (c.server, c.clients, c.inflight)
+        ws, lp = ws_index.get(key), lp_index.get(key)
+        ratio = _same_run_ratio(groups, c.server, "sse", c.clients, c.inflight)
+        lp_ratio = _same_run_ratio(groups, c.server, "longpoll", c.clients, c.inflight)
+        target = SSE_TARGETS.get(c.inflight)
+        verdict = "–" if target is None else f"≤ {target:g}×" + (
+            "" if ratio is None else (" met" if ratio <= target else " missed"))
+        lost = str(c.lost) + (f" (+{c.dropped} dropped conns)" if c.dropped else "")
+        lines.append(f"| {c.clients} | {c.inflight} | {c.server} | {_fmt(c.msgs_per_s, 0)} "
+                     f"| {_fmt(c.cpu_us_per_msg, 2)} | {_fmt(ws.cpu_us_per_msg if ws else None, 2)} "
+                     f"| {_fmt(lp.cpu_us_per_msg if lp else None, 2)} | {_ratio(ratio)} | {_ratio(lp_ratio)} "
+                     f"| {verdict} | {_ms(c.p50_us)} | {_ms(c.p99_us)} | {lost} | {c.runs} |")
+    lines.append("")
+    return lines
+
+
 def render_markdown(groups: Sequence[GroupResult], servers: Sequence[str], references: Sequence[str],
                     header: Sequence[str], notes: Sequence[str]) -> str:
     """The whole report: context lines, WebSocket table, memory table, long-poll table, notes."""
@@ -202,6 +249,10 @@ def render_markdown(groups: Sequence[GroupResult], servers: Sequence[str], refer
                          f"| {_fmt(c.cpu_us_per_msg, 2)} | {_fmt(ws_cpu, 2)} | {_ratio(ratio)} "
                          f"| {_ms(c.p50_us)} | {_ms(c.p99_us)} | {c.lost} | {c.runs} |")
         lines.append("")
+
+    sse_cells = [c for c in cells if c.transport == "sse"]
+    if sse_cells:
+        lines += _sse_table(sse_cells, ws_cells, lp_cells, groups)
 
     problems = [f"{g.server} {g.transport} N={g.clients} run {g.run + 1}: {g.error}" for g in groups if g.error]
     problems += [f"{c.server} N={c.clients} in-flight {c.inflight}: {c.stalled} broadcasts never reached every "

@@ -60,6 +60,8 @@ class Settings:
     concurrency: int
     longpoll: bool
     longpoll_clients: int
+    sse: bool
+    sse_clients: int
     time_budget: float
     out: Path | None
     json_out: Path | None
@@ -88,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                         help="handshakes in progress per worker while opening connections (default 32)")
     parser.add_argument("--longpoll", action="store_true", help="also run the Ajax long-poll phase (appserver)")
     parser.add_argument("--longpoll-clients", type=int, default=1000, help="polling clients (default 1000)")
+    parser.add_argument("--sse", action="store_true", help="also run the event stream (SSE) phase (appserver)")
+    parser.add_argument("--sse-clients", type=int, default=1000, help="event stream clients (default 1000)")
     parser.add_argument("--time-budget", type=float,
                         help="seconds; groups that would start later are skipped (default 600, quick 110)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report to this file")
@@ -118,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         concurrency=args.connect_concurrency,
         longpoll=args.longpoll,
         longpoll_clients=args.longpoll_clients,
+        sse=args.sse,
+        sse_clients=args.sse_clients,
         time_budget=args.time_budget if args.time_budget is not None else (110.0 if quick else 600.0),
         out=args.out,
         json_out=args.json_out,
@@ -316,6 +322,10 @@ async def main_async(cfg: Settings) -> int:
         if cfg.longpoll:
             plan += [(run, cfg.longpoll_clients, name, "longpoll")
                      for name in cfg.servers if SERVER_SPECS[name].longpoll]
+        if cfg.sse:
+            # The servers with an Ajax site (long poll) have the event stream on it too.
+            plan += [(run, cfg.sse_clients, name, "sse")
+                     for name in cfg.servers if SERVER_SPECS[name].longpoll]
     skipped = 0
     gate = QuietGate(QUIET_MAX_WAIT, QUIET_MAX_BUSY_CORES)
     interrupted = False
@@ -404,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         print("picows is not installed: pip install -r bench/requirements.txt", file=sys.stderr)
         return 2
     hard = raise_nofile_limit()
-    need = max((*cfg.clients, cfg.longpoll_clients if cfg.longpoll else 0)) + 100
+    need = max((*cfg.clients, cfg.longpoll_clients if cfg.longpoll else 0, cfg.sse_clients if cfg.sse else 0)) + 100
     if hard < need:
         print(f"RLIMIT_NOFILE hard limit {hard} < {need} needed by the server: raise it (ulimit -Hn)",
               file=sys.stderr)

@@ -5,7 +5,7 @@ server does, so the N subscriber connections are spread over several worker
 processes started by ``loadgen.WorkerPool``.  The harness drives a worker with
 JSON lines on stdin and reads JSON lines on stdout:
 
-  {"cmd": "open", "transport": "ws"|"longpoll", "url": U, "count": n,
+  {"cmd": "open", "transport": "ws"|"longpoll"|"sse", "url": U, "count": n,
    "first_id": i, "concurrency": c, "timeout": s}      -> {"re": "open", "opened": k, "failed": f, "errors": [...]}
   {"cmd": "window", "on": true|false}                  -> {"re": "window"}
   {"cmd": "stats", "last_id": L}                       -> {"re": "stats", "delivered": d, "hist": {...}, "lost": l, ...}
@@ -75,6 +75,7 @@ class Worker:
         self.ws_transports: list[Any] = []
         self.poll_tasks: list[asyncio.Task[None]] = []
         self.poll_clients: list[LongPollClient] = []
+        self.sse_clients: list[SseProtocol] = []
         self.closing = False
         self._done_batch: list[int] = []
         self._flush_scheduled = False
@@ -145,7 +146,7 @@ class Worker:
         count, first_id = int(msg["count"]), int(msg["first_id"])
         sem = asyncio.Semaphore(int(msg.get("concurrency", 32)))
         errors: list[str] = []
-        opener = self._open_ws if msg["transport"] == "ws" else self._open_longpoll
+        opener = {"ws": self._open_ws, "longpoll": self._open_longpoll, "sse": self._open_sse}[msg["transport"]]
 
         async def one() -> bool:
             conn = Conn(next_id=first_id)
@@ -190,6 +191,18 @@ class Worker:
         self.poll_clients.append(client)
         self.poll_tasks.append(asyncio.ensure_future(client.poll_forever()))
 
+    async def _open_sse(self, conn: Conn, url: str) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+        _, protocol = await self._loop.create_connection(
+            lambda: SseProtocol(self, conn, host, port, parsed.path.rstrip("/") + "/events"), host, port)
+        try:
+            await asyncio.wait_for(protocol.welcomed, 15)
+        except BaseException:
+            protocol.abort()
+            raise
+        self.sse_clients.append(protocol)
+
     def cmd_window(self, msg: dict[str, Any]) -> dict[str, Any]:
         acc = self.acc
         if msg["on"]:
@@ -230,8 +243,11 @@ class Worker:
                 transport.disconnect()
         for client in self.poll_clients:
             client.stop()
+        for protocol in self.sse_clients:
+            protocol.close()
         waits = [t.wait_disconnected() for t in self.ws_transports]
         waits += [c.disconnect() for c in self.poll_clients]
+        waits += [p.closed for p in self.sse_clients if not p.closed.done()]
         if waits:
             await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=float(msg["timeout"]))
         for transport in self.ws_transports:
@@ -241,6 +257,9 @@ class Worker:
             task.cancel()
         still_open = sum(1 for t in self.ws_transports if not t.is_disconnected)
         self.ws_transports.clear()
+        for protocol in self.sse_clients:
+            protocol.abort()
+        self.sse_clients.clear()
         self.poll_clients.clear()
         self.poll_tasks.clear()
         self.conns.clear()
@@ -308,7 +327,8 @@ if picows is not None:
 
 
 class LongPollClient:
-    """One Ajax session: POST /connect, then GET /poll?session=&since= in a loop (see docs/protocol.md)."""
+    """One Ajax session: POST /connect, then GET /poll in a loop, the session secret in X-AppServer-Session
+    (a JSON request never carries it in its URL: docs/protocol.md, "Session secret")."""
 
     def __init__(self, worker: Worker, conn: Conn, base_url: str) -> None:
         parsed = urllib.parse.urlsplit(base_url)
@@ -325,15 +345,15 @@ class LongPollClient:
         if status != 200:
             raise RuntimeError(f"/connect answered {status}: {body[:200]!r}")
         info = json.loads(body)
-        self.session = urllib.parse.quote(str(info["session"]), safe="")
-        self.since = int(info.get("position", 0))
+        self.session = f"X-AppServer-Session: {info['session']}\r\n"
+        self.since = 0  # the session's own cursor: its first poll asks since=0 (gets the welcome)
 
     async def poll_forever(self) -> None:
         worker, conn = self.worker, self.conn
         try:
             while self.running:
                 status, body = await self.http.request(
-                    "GET", f"{self.prefix}/poll?session={self.session}&since={self.since}"
+                    "GET", f"{self.prefix}/poll", headers=f"{self.session}X-AppServer-Since: {self.since}\r\n"
                 )
                 now = time.monotonic_ns()
                 if status != 200:
@@ -359,12 +379,88 @@ class LongPollClient:
         """Tell the server the session is over on a fresh connection (the old one is mid-poll)."""
         http = HttpConnection(self.http.host, self.http.port)
         try:
-            await http.request("POST", f"{self.prefix}/disconnect?session={self.session}")
+            await http.request("POST", f"{self.prefix}/disconnect", headers=self.session)
         except Exception:  # noqa: BLE001 - best effort at shutdown
             pass
         finally:
             http.close()
             self.http.close()
+
+
+class SseProtocol(asyncio.Protocol):
+    """One event stream: GET /events over raw HTTP/1.1, read as lines (see docs/protocol.md, "Event stream").
+
+    No SSE or chunked-encoding parser on the hot path: every event is one
+    ``data: <envelope>`` line, and the server writes each HTTP chunk as whole
+    events, so the chunk-size lines are simply lines that are not ``data:``.
+    The chat marker is found in the raw line, as the WebSocket listener does.
+    """
+
+    def __init__(self, worker: Worker, conn: Conn, host: str, port: int, path: str) -> None:
+        self.worker = worker
+        self.conn = conn
+        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode()
+        self.transport: asyncio.Transport | None = None
+        self.head_done = False
+        self.buffer = b""
+        loop = asyncio.get_running_loop()
+        self.welcomed: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self.request)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        if not self.head_done:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            status = buffer[:buffer.find(b"\r\n")]
+            if b" 200 " not in status + b" ":
+                self._fail(RuntimeError(f"/events answered {status!r}"))
+                return
+            self.head_done = True
+            buffer = buffer[end + 4:]
+        last = buffer.rfind(b"\n")
+        if last < 0:
+            self.buffer = buffer
+            return
+        self.buffer = buffer[last + 1:]
+        now = 0
+        worker, conn, parse = self.worker, self.conn, chatmsg.parse_marker
+        for line in buffer[:last].split(b"\n"):
+            if line.startswith(b"data:"):
+                parsed = parse(line)
+                if parsed is not None:
+                    if not now:
+                        now = time.monotonic_ns()
+                    worker.on_message(conn, parsed[0], parsed[1], now)
+                elif not self.welcomed.done() and b'"welcome"' in line:
+                    self.welcomed.set_result(None)
+
+    def _fail(self, error: Exception) -> None:
+        if not self.welcomed.done():
+            self.welcomed.set_exception(error)
+        self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.welcomed.done():
+            self.welcomed.set_exception(ConnectionError("the stream ended before its welcome"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.worker.on_drop(self.conn)
+
+    def close(self) -> None:
+        """EventSource.close(): the connection goes, the server counts the stream out."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
 def raise_nofile_limit() -> None:
