@@ -52,28 +52,45 @@ class ServerSpec:
     description: str = ""
 
 
+#: appserver's options in every variant (the reactor is what varies).
+_APPSERVER_OPTIONS = (
+    "--app", "appserver.apps.chat:app",
+    "--static", "tcp:0:interface=127.0.0.1",
+    "--ajax", "tcp:{ajax_port}:interface=127.0.0.1",
+    "--ws", "tcp:{ws_port}:interface=127.0.0.1",
+    "--max-connections", "20000",
+    "--max-connections-per-ip", "20000",
+    "--rate-limit", "0",
+)
+
 # ---------------------------------------------------------------------------
 # THE SERVERS UNDER TEST.  appserver's command line is the first entry.
 # ---------------------------------------------------------------------------
 SERVER_SPECS: dict[str, ServerSpec] = {
     "appserver": ServerSpec(
         name="appserver",
-        argv=(
-            _twistd(), "--pidfile=", "-n", "appserver",
-            "--app", "appserver.apps.chat:app",
-            "--static", "tcp:0:interface=127.0.0.1",
-            "--ajax", "tcp:{ajax_port}:interface=127.0.0.1",
-            "--ws", "tcp:{ws_port}:interface=127.0.0.1",
-            "--max-connections", "20000",
-            "--max-connections-per-ip", "20000",
-            "--rate-limit", "0",
-        ),
+        argv=(_twistd(), "--pidfile=", "-n", "appserver", *_APPSERVER_OPTIONS),
         ws_path="/",
         longpoll=True,
         # Lets a fresh checkout run without `pip install -e .`: twisted.plugins
         # also scans server/twisted/plugins when server/ is on sys.path.
         env={"PYTHONPATH": "{repo}/server"},
         description="appserver (Twisted + Autobahn), twistd plugin",
+    ),
+    # The same server on the asyncio reactor (the appserver command's
+    # default) and on uvloop's loop: `--servers appserver,appserver-asyncio,
+    # appserver-uvloop` compares the reactors in one run.
+    "appserver-asyncio": ServerSpec(
+        name="appserver-asyncio",
+        argv=(_twistd(), "--pidfile=", "--reactor=asyncio", "-n", "appserver", *_APPSERVER_OPTIONS),
+        env={"PYTHONPATH": "{repo}/server"},
+        description="appserver on Twisted's asyncio reactor (twistd --reactor=asyncio)",
+    ),
+    "appserver-uvloop": ServerSpec(
+        name="appserver-uvloop",
+        argv=("{python}", "-m", "appserver", "--reactor", "uvloop", *_APPSERVER_OPTIONS),
+        env={"PYTHONPATH": "{repo}/server"},
+        description="appserver on the asyncio reactor over uvloop's loop (appserver --reactor uvloop)",
     ),
     "websockets": ServerSpec(
         name="websockets",
