@@ -14,6 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+# The demo board keeps its posts in a per-user SQLite file by default: servers
+# the tests start (in process or as subprocesses, which inherit this) keep
+# theirs in memory unless a test names a file.
+os.environ.setdefault("APPSERVER_BOARD_DB", ":memory:")
+
 from support.servers import ServerProcess, running_service  # noqa: E402
 
 
