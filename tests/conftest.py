@@ -5,8 +5,11 @@ on free loopback ports, and a twistd subprocess server.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,8 +19,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 # The demo board keeps its posts in a per-user SQLite file by default: servers
 # the tests start (in process or as subprocesses, which inherit this) keep
-# theirs in memory unless a test names a file.
+# theirs in memory unless a test names a file, and a test that clears the
+# APPSERVER_* variables writes under a data directory of the run's own.
 os.environ.setdefault("APPSERVER_BOARD_DB", ":memory:")
+_DATA_HOME = tempfile.mkdtemp(prefix="appserver-tests-data-")
+os.environ["XDG_DATA_HOME"] = _DATA_HOME
+atexit.register(shutil.rmtree, _DATA_HOME, True)
 
 from support.servers import ServerProcess, running_service  # noqa: E402
 
