@@ -3,8 +3,13 @@ Envelopes: what a client may send (docs/protocol.md, "Client to server") and
 how an outgoing message is serialized once for all its recipients.
 """
 
+import ctypes
+import ctypes.util
+import gc
 import json
+import sys
 
+import orjson
 import pytest
 from autobahn.websocket.protocol import PreparedMessage
 
@@ -127,3 +132,36 @@ def test_a_bad_id_is_not_echoed_with_a_depth_error():
     with pytest.raises(ProtocolError) as caught:
         parse_envelope(f'{{"type": "ping", "id": true, "data": {deep(MAX_JSON_DEPTH)}}}')
     assert caught.value.request_id is None
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_outgoing_keeps_one_exact_frame_whatever_the_payload_length(length):
+    payload = b'"' + b"x" * max(0, length - 2) + b'"' if length >= 2 else b"1" * length
+    message = Outgoing(payload)
+    assert message.frame == PreparedMessage(payload, False, False, True).payloadHybi
+    assert message.payload == payload and len(message) == len(payload)
+
+
+def _allocated(value: bytes) -> int:
+    """
+    The bytes malloc really gave an object (glibc only).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        usable = libc.malloc_usable_size
+    except (OSError, AttributeError):
+        pytest.skip("needs glibc's malloc_usable_size")
+    usable.restype, usable.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
+    return int(usable(id(value)))
+
+
+def test_outgoing_does_not_keep_the_encoders_spare_capacity():
+    envelope = {"type": "chat", "data": "x" * 4100}
+    # The encoder's buffer for these 4 KiB of JSON has room for 16 KiB...
+    assert _allocated(orjson.dumps(envelope)) >= 2 * len(orjson.dumps(envelope))
+    # ...the message keeps one buffer of its own size, and nothing else big.
+    message = Outgoing.of(envelope)
+    message.frame                               # as a WebSocket recipient would
+    kept = [value for value in gc.get_referents(message) if isinstance(value, bytes)]
+    assert kept == [message.frame]
+    assert _allocated(message.frame) < len(message.frame) + sys.getsizeof(b"") + 64

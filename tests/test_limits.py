@@ -54,3 +54,20 @@ def test_zero_limits_mean_no_limit():
     for _ in range(1000):
         limiter.acquire("a")
     assert limiter.refusal("a") is None
+
+
+def test_opening_connections_have_their_own_places_under_the_same_limits():
+    limiter = ConnectionLimiter(max_total=10, max_per_ip=2)
+    limiter.acquire("1.2.3.4")
+    limiter.acquire("1.2.3.4")
+    # An address at its client limit may still send its sessions' requests...
+    assert limiter.refusal("1.2.3.4") is not None and limiter.refusal("1.2.3.4", opening=True) is None
+    limiter.acquire("1.2.3.4", opening=True)
+    limiter.acquire("1.2.3.4", opening=True)
+    # ...but no more half-open connections than clients.
+    refusal = limiter.refusal("1.2.3.4", opening=True)
+    assert refusal is not None and "still sending their request" in refusal and "--max-connections-per-ip" in refusal
+    assert (limiter.total, limiter.opening) == (2, 2)
+    limiter.release("1.2.3.4", opening=True)
+    limiter.release("1.2.3.4", opening=True)
+    assert limiter.opening == 0 and limiter.opening_per_ip == {} and limiter.per_ip == {"1.2.3.4": 2}

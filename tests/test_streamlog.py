@@ -9,6 +9,7 @@ import json
 import pytest
 
 from appserver._core.envelope import Outgoing
+from appserver._core.history import MESSAGE_OVERHEAD, STREAM_OVERHEAD, retained_size
 from appserver._core.streamlog import GLOBAL_STREAM, StreamLog, is_position
 
 
@@ -229,3 +230,137 @@ def test_a_bad_snapshot_is_refused_and_changes_nothing(clock, state):
     with pytest.raises((ValueError, KeyError, TypeError)):
         log.restore(state)
     assert log.snapshot() == before
+
+
+# The total budget (--history-bytes) ----------------------------------------------------
+
+
+def accounted(log):
+    """
+    What the log's budget should say, recomputed from what it holds.
+    """
+    return sum(STREAM_OVERHEAD + len(stream) + sum(retained_size(m) for m in log.history(stream).after(-1))
+               for stream in log.streams())
+
+
+def sized(n):
+    """
+    An envelope whose message (with its position) costs about n bytes in a history.
+    """
+    return {"type": "message", "data": "x" * (n - MESSAGE_OVERHEAD - 40)}
+
+
+def budgeted(clock, limit, size=10, age=60):
+    return StreamLog(history_size=size, history_age=age, clock=clock, epoch="e1", history_bytes=limit)
+
+
+def test_the_budget_counts_every_kept_message_and_stream_exactly(clock):
+    log = budgeted(clock, 0)
+    for n in range(30):
+        log.stamp(sized(300 + n), f"s{n % 4}")
+    log.receive("elsewhere", elsewhere(99, "x", clock))
+    assert log.budget.used == accounted(log) > 0
+    clock.now += 61
+    log.sweep(())
+    assert log.streams() == [] and log.budget.used == 0
+
+
+def test_past_the_budget_the_oldest_messages_of_all_streams_go_first(clock):
+    log = budgeted(clock, 4 * (STREAM_OVERHEAD + 2) + 6 * 1000)
+    for n in range(12):
+        log.stamp(sized(1000), f"s{n % 3}")          # positions 1..12 over s0, s1, s2
+    kept = sorted(m.pos for stream in log.streams() for m in log.history(stream).after(-1))
+    assert log.budget.used <= log.budget.limit and log.budget.used == accounted(log)
+    assert kept == list(range(12 - len(kept) + 1, 13)) and len(kept) >= 5
+    assert log.budget.evicted == 12 - len(kept)
+
+
+def test_an_evicted_message_is_not_vouched_for_and_what_is_kept_still_is(clock):
+    log = budgeted(clock, 2 * (STREAM_OVERHEAD + 4) + 3 * 1000)
+    for n in range(1, 7):
+        log.stamp(sized(1000), "news" if n % 2 else "other")
+    oldest_kept = min(m.pos for s in log.streams() for m in log.history(s).after(-1))
+    assert oldest_kept > 1
+    assert log.missed_since(0, ["news", "other"], None)[0] is False
+    complete, missed = log.missed_since(oldest_kept - 1, ["news", "other"], None)
+    assert complete and [m.pos for m in missed] == list(range(oldest_kept, 7))
+
+
+def test_a_stream_emptied_by_the_budget_is_forgotten_and_vouches_only_after_its_last(clock):
+    log = budgeted(clock, STREAM_OVERHEAD + 2 * 1000 + 2 * (STREAM_OVERHEAD + 7))
+    log.stamp(sized(1000), "fresh.1")
+    log.stamp(sized(1000), "fresh.2")
+    log.stamp(sized(1000), "fresh.3")                 # fresh.1 loses its message, then its history
+    assert log.history("fresh.1") is None and log.budget.used == accounted(log)
+    assert log.missed_since(0, ["fresh.1"], None)[0] is False
+    assert log.missed_since(1, ["fresh.1"], None)[0] is True
+    # Published again, it starts over from there, exactly.
+    again = log.stamp(sized(10), "fresh.1")
+    assert log.missed_since(1, ["fresh.1"], None) == (True, [again])
+
+
+def test_the_global_stream_is_never_forgotten_by_the_budget(clock):
+    log = budgeted(clock, STREAM_OVERHEAD + 1500)
+    log.stamp(sized(1000), GLOBAL_STREAM)
+    log.stamp(sized(1000), GLOBAL_STREAM)             # over: the first goes
+    assert [m.pos for m in log.history(GLOBAL_STREAM).after(-1)] == [2]
+    log.stamp(sized(5000), GLOBAL_STREAM)             # alone over the budget: nothing fits
+    assert log.streams() == [GLOBAL_STREAM] and len(log.history(GLOBAL_STREAM)) == 0
+    assert log.missed_since(2, [], None)[0] is False and log.missed_since(3, [], None)[0] is True
+    log.stamp(sized(1000), GLOBAL_STREAM)
+    assert [m.pos for m in log.history(GLOBAL_STREAM).after(-1)] == [4]
+
+
+def test_per_stream_limits_still_apply_under_the_budget(clock):
+    log = budgeted(clock, 10 * 1024 * 1024, size=3)
+    for n in range(5):
+        log.stamp(sized(500), "news")
+    assert [m.pos for m in log.history("news").after(-1)] == [3, 4, 5]
+    assert log.budget.used == accounted(log) and log.budget.evicted == 0
+    clock.now += 61
+    log.stamp(sized(500), "news")
+    assert [m.pos for m in log.history("news").after(-1)] == [6] and log.budget.used == accounted(log)
+
+
+def test_messages_dropped_by_their_own_stream_do_not_confuse_the_eviction_order(clock):
+    cost = retained_size(StreamLog(clock=clock).stamp(sized(1000), "s1"))
+    log = budgeted(clock, 3 * (STREAM_OVERHEAD + 2) + 4 * cost, size=2)
+    for stream in ("s2", "s1", "s2", "s1", "s2"):     # positions 1 to 5; s2 drops 1 itself
+        log.stamp(sized(1000), stream)
+    assert [m.pos for m in log.history("s2").after(-1)] == [3, 5]
+    log.stamp(sized(1000), "s3")                      # 6: one too many; the oldest kept is 2, not 3
+    assert [[m.pos for m in log.history(s).after(-1)] for s in ("s1", "s2", "s3")] == [[4], [3, 5], [6]]
+    assert log.budget.used <= log.budget.limit and log.budget.used == accounted(log)
+    assert log.budget.evicted == 1
+
+
+def test_restore_keeps_the_newest_that_fit_a_smaller_budget(clock):
+    saved = StreamLog(history_size=10, history_age=60, clock=clock, epoch="e1")
+    for n in range(8):
+        saved.stamp(sized(1000), f"s{n % 2}")
+    smaller = budgeted(clock, 3 * (STREAM_OVERHEAD + 2) + 3 * 1000)
+    smaller.restore(json.loads(json.dumps(saved.snapshot())))
+    kept = sorted(m.pos for s in smaller.streams() for m in smaller.history(s).after(-1))
+    assert kept and kept == list(range(9 - len(kept), 9))
+    assert smaller.budget.used <= smaller.budget.limit and smaller.budget.used == accounted(smaller)
+    assert smaller.missed_since(kept[0] - 1, ["s0", "s1"], None)[0] is True
+    assert smaller.missed_since(kept[0] - 2, ["s0", "s1"], None)[0] is False
+
+
+def test_resynchronise_empties_the_budget(clock):
+    log = budgeted(clock, 1024 * 1024)
+    log.stamp(sized(1000), "news")
+    log.resynchronise("e2", 10)
+    assert log.budget.used == 0 == accounted(log)
+    log.stamp(sized(1000), "news")
+    assert log.budget.used == accounted(log)
+
+
+def test_sweeping_many_short_lived_streams_keeps_the_eviction_order_small(clock):
+    log = budgeted(clock, 64 * 1024 * 1024)
+    for n in range(500):
+        log.stamp(sized(300), f"short.{n}")
+    clock.now += 61
+    log.sweep(())
+    assert log.streams() == [GLOBAL_STREAM] or log.streams() == []
+    assert len(log._eviction_order) <= 1

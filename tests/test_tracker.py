@@ -419,13 +419,34 @@ def test_replay_with_nothing_missed_is_recovered(tracker):
     assert client.sent == []
 
 
-def test_replay_is_not_recovered_when_the_history_was_exceeded(tracker):
+def test_replay_is_not_recovered_when_the_history_was_exceeded(clock):
+    tracker = ClientTracker(TrackerLimits(history_size=5, history_age=60), clock=clock, epoch="epoch-1")
     since = tracker.position
-    for n in range(6):  # history_size is 5
+    for n in range(6):
         tracker.broadcast("chat", n)
     client = reconnect(tracker)
     assert fired(tracker.replay(client, "epoch-1", since, [], client.connected_at)) is False
     assert [m["data"] for m in client.sent] == [1, 2, 3, 4, 5]
+
+
+def test_a_replay_longer_than_the_clients_queue_sends_the_newest_and_is_not_recovered(tracker):
+    since = tracker.position
+    for n in range(5):  # history_size is 5, max_queue_messages 3
+        tracker.broadcast("chat", n)
+    client = reconnect(tracker)
+    assert fired(tracker.replay(client, "epoch-1", since, [], client.connected_at)) is False
+    assert [m["data"] for m in client.sent] == [2, 3, 4]
+
+
+def test_a_replay_is_bounded_by_the_queue_bytes_too(clock):
+    tracker = ClientTracker(TrackerLimits(max_queue_bytes=250, history_size=10, history_age=60),
+                            clock=clock, epoch="epoch-1")
+    since = tracker.position
+    for n in range(4):
+        tracker.broadcast("chat", str(n) * 100)     # about 140 bytes each
+    client = reconnect(tracker)
+    assert fired(tracker.replay(client, "epoch-1", since, [], client.connected_at)) is False
+    assert [m["data"][0] for m in client.sent] == ["3"]
 
 
 def test_replay_is_not_recovered_when_the_history_expired(tracker, clock):

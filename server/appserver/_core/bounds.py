@@ -23,4 +23,6 @@ class TrackerLimits:
     max_rooms_per_client: int = 20
     history_size: int = 1000
     history_age: float = 300.0
+    #: What all streams' histories may retain together, in bytes (0: no limit).
+    history_bytes: int = 64 * 1024 * 1024
     default_policy: str = "disconnect"

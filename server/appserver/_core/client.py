@@ -104,6 +104,31 @@ class Client:
             return
         self._enqueue(message, policy)
 
+    def replay(self, missed: list[Outgoing], policy: str = DISCONNECT) -> bool:
+        """
+        Deliver what the client missed, in order: at most what its queue
+        may hold (C{max_queue_messages}, C{max_queue_bytes}), the newest
+        messages when more were missed. A replay is written in one turn, past
+        the transport's high-water mark, so it gets the queue's bound rather
+        than none; a client further behind is better served by reloading
+        its state than by the server holding its backlog.
+
+        @return: whether every message was delivered; C{False} when the
+            oldest were left out (the client is told C{recovered: false}).
+        """
+        limits = self.limits
+        kept, size = len(missed), 0
+        while kept:
+            size += len(missed[kept - 1])
+            taken = len(missed) - kept
+            # As the queue, which takes one message of any size when empty.
+            if taken and (size > limits.max_queue_bytes or taken >= limits.max_queue_messages):
+                break
+            kept -= 1
+        for message in missed[kept:]:
+            self.deliver(message, policy)
+        return kept == 0
+
     def _enqueue(self, message: Outgoing, policy: str) -> None:
         queue = self.queue
         if queue is None:

@@ -8,11 +8,11 @@ L{Outgoing} that every recipient shares, whatever its transport.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any, Hashable
 
 import orjson
-from autobahn.websocket.protocol import PreparedMessage
 
 __all__ = [
     "Envelope",
@@ -164,26 +164,60 @@ def error_payload(code: str, message: str, request_id: Any = None) -> dict[str, 
     return {"type": "error", "id": request_id, "data": {"code": code, "message": message}}
 
 
+#: The first two bytes of an unmasked, unfragmented WebSocket text frame
+#: whose payload is shorter than 126 bytes, by payload length (RFC 6455
+#: section 5.2); longer payloads add a 16- or 64-bit length.
+_SHORT_HEADERS = tuple(bytes((0x81, length)) for length in range(126))
+_MEDIUM_HEADER = struct.Struct("!BBH")
+_LONG_HEADER = struct.Struct("!BBQ")
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """
+    The complete unmasked WebSocket text frame (FIN set, no extension bits)
+    carrying C{payload}, as one exact-size buffer.
+    """
+    length = len(payload)
+    if length < 126:
+        return _SHORT_HEADERS[length] + payload
+    if length < 0x10000:
+        return _MEDIUM_HEADER.pack(0x81, 126, length) + payload
+    return _LONG_HEADER.pack(0x81, 127, length) + payload
+
+
+def _header_length(frame: bytes) -> int:
+    marker = frame[1] & 0x7F
+    return 2 if marker < 126 else 4 if marker == 126 else 10
+
+
 class Outgoing:
     """
     One server message, serialized once and shared by all its recipients.
 
     C{pos} is its position in the server's stream (or C{None} for a message
-    addressed to one client that needs none), C{payload} the JSON bytes, and
-    C{key} the conflation key: a queue that conflates keeps only the newest
-    message per key. The WebSocket frame is built on first use and then
-    reused for every WebSocket recipient, so a broadcast is framed once.
+    addressed to one client that needs none) and C{key} the conflation key:
+    a queue that conflates keeps only the newest message per key.
+
+    The message is kept as one buffer of exactly its size: C{frame}, the
+    complete WebSocket text frame, which every WebSocket recipient is
+    written as is, and whose tail is the JSON C{payload}. Histories keep
+    messages for minutes, so a message must cost what it carries: the JSON
+    encoder's own buffer has spare capacity (up to four times the text for
+    4 KiB of JSON), and a payload kept next to its frame would cost it
+    twice (docs/reliability.md gives the per-message overhead).
     """
 
-    __slots__ = ("pos", "payload", "key", "created", "_frame")
+    __slots__ = ("pos", "frame", "key", "created")
 
     def __init__(self, payload: bytes, pos: int | None = None, key: Hashable | None = None,
                  created: float = 0.0) -> None:
-        self.payload = payload
+        length = len(payload)
+        #: The WebSocket text frame carrying the JSON payload (L{_text_frame},
+        #: its common case inline: every message passes here).
+        self.frame = (_SHORT_HEADERS[length] + payload) if length < 126 else _text_frame(payload)
         self.pos = pos
         self.key = key
         self.created = created
-        self._frame: bytes | None = None
 
     @classmethod
     def of(cls, envelope: dict[str, Any], pos: int | None = None, key: Hashable | None = None,
@@ -193,20 +227,23 @@ class Outgoing:
         """
         if pos is not None:
             envelope = {**envelope, "pos": pos}
-        return cls(encode(envelope), pos, key, created)
+        return cls(orjson.dumps(envelope), pos, key, created)
 
     @property
-    def frame(self) -> bytes:
+    def payload(self) -> bytes:
         """
-        The complete unmasked WebSocket text frame carrying the payload.
+        The JSON text (a copy taken from the frame: for the long-poll
+        answers, the state file and Redis, not for WebSocket writes).
         """
-        frame = self._frame
-        if frame is None:
-            frame = self._frame = PreparedMessage(self.payload, False, False, True).payloadHybi
-        return frame
+        frame = self.frame
+        return frame[_header_length(frame):]
 
     def __len__(self) -> int:
-        return len(self.payload)
+        """
+        The size of the JSON payload, in bytes (what queue bounds count).
+        """
+        frame = self.frame
+        return len(frame) - _header_length(frame)
 
     def __repr__(self) -> str:
         return f"<Outgoing pos={self.pos} {self.payload[:60]!r}>"

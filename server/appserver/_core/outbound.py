@@ -78,11 +78,11 @@ class OutboundQueue:
 
         @raise Overflow: the queue is full and C{policy} is C{disconnect}.
         """
-        size = len(message.payload)
+        size = len(message)
         if policy == CONFLATE and message.key is not None:
             previous = self._entries.pop(("key", message.key), None)
             if previous is not None:
-                self._bytes -= len(previous[1].payload)
+                self._bytes -= len(previous[1])
                 self.conflated += 1
         while self._entries and (len(self._entries) >= self.max_messages
                                  or self._bytes + size > self.max_bytes):
@@ -98,7 +98,7 @@ class OutboundQueue:
     def _drop_oldest(self) -> None:
         oldest = next(iter(self._entries))
         _, message = self._entries.pop(oldest)
-        self._bytes -= len(message.payload)
+        self._bytes -= len(message)
         self.dropped += 1
 
     def acknowledge(self, seq: int) -> None:
@@ -113,7 +113,7 @@ class OutboundQueue:
             if entry_seq > seq:
                 break
             del entries[first]
-            self._bytes -= len(message.payload)
+            self._bytes -= len(message)
 
     def pending(self, limit: int | None = None) -> list[tuple[int, Outgoing]]:
         """
@@ -130,7 +130,7 @@ class OutboundQueue:
         """
         first = next(iter(self._entries))
         _, message = self._entries.pop(first)
-        self._bytes -= len(message.payload)
+        self._bytes -= len(message)
         return message
 
     def pop_all(self) -> Iterator[Outgoing]:

@@ -10,11 +10,18 @@ positioned by Redis), and C{--state-file} saves and restores it
 (L{StreamLog.snapshot}, L{StreamLog.restore}). Nothing here delivers a
 message: delivery is the tracker's.
 
+What the histories retain is bounded per stream (messages and age) and in
+total (C{--history-bytes}): past the total, the oldest messages of all
+streams go first, and a stream whose history it emptied is forgotten as a
+sweep would.
+
 Tests: tests/test_streamlog.py (and, through the tracker, tests/test_tracker.py).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 import time
 from typing import Any, Callable, Container, Hashable, Iterable
@@ -22,7 +29,7 @@ from typing import Any, Callable, Container, Hashable, Iterable
 import orjson
 
 from appserver._core.envelope import Outgoing, encode
-from appserver._core.history import StreamHistory
+from appserver._core.history import STREAM_OVERHEAD, HistoryBudget, StreamHistory
 
 __all__ = ["StreamLog", "GLOBAL_STREAM", "is_position"]
 
@@ -63,16 +70,19 @@ class StreamLog:
     """
 
     __slots__ = ("history_size", "history_age", "clock", "_epoch", "_position", "_histories",
-                 "_forgotten_after")
+                 "_forgotten_after", "budget", "_eviction_order", "_entries")
 
     def __init__(self, history_size: int = 1000, history_age: float = 300.0,
-                 clock: Callable[[], float] = time.time, epoch: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, epoch: str | None = None,
+                 history_bytes: int = 0) -> None:
         """
         @param history_size: messages kept per stream (0 keeps none).
         @param history_age: seconds a message is kept.
         @param epoch: the epoch to start with; by default a random one, so
             that positions from a previous run of the server mean nothing
             here.
+        @param history_bytes: what all histories may retain together, in
+            bytes (L{HistoryBudget}); 0 for no total limit.
         """
         self.history_size = history_size
         self.history_age = history_age
@@ -83,6 +93,13 @@ class StreamLog:
         # A stream without a history (never used, or swept) vouches for
         # nothing at or before this position: its messages may be gone.
         self._forgotten_after = 0
+        #: What the histories retain, against C{history_bytes}.
+        self.budget = HistoryBudget(history_bytes)
+        # Under a total limit: a heap with one entry per history, keyed by a
+        # position no later than its oldest message (its complete_after when
+        # empty), so the oldest message of all streams is found at the top.
+        self._eviction_order: list[tuple[int, int, str, StreamHistory]] = []
+        self._entries = itertools.count()
 
     # What a client is told ------------------------------------------------
 
@@ -114,6 +131,9 @@ class StreamLog:
         self._position += 1
         message = Outgoing.of(envelope, self._position, key, self.clock())
         self._history(stream).append(message)
+        budget = self.budget
+        if budget.used > budget.limit and budget.limit:
+            self._evict_over_budget()
         return message
 
     def receive(self, stream: str, message: Outgoing) -> None:
@@ -128,6 +148,8 @@ class StreamLog:
             self._history(stream).append(message)
             if pos > self._position:
                 self._position = pos
+            if self.budget.exceeded:
+                self._evict_over_budget()
 
     def _history(self, stream: str) -> StreamHistory:
         history = self._histories.get(stream)
@@ -135,8 +157,85 @@ class StreamLog:
             # A stream without a history had no message since the last
             # sweep forgot one: it vouches for everything after that.
             history = self._histories[stream] = StreamHistory(
-                self.history_size, self.history_age, self.clock, complete_after=self._forgotten_after)
+                self.history_size, self.history_age, self.clock, complete_after=self._forgotten_after,
+                budget=self.budget)
+            self.budget.used += STREAM_OVERHEAD + len(stream)
+            if self.budget.limit:
+                self._order(stream, history)
         return history
+
+    # The total budget -----------------------------------------------------
+
+    def _order(self, stream: str, history: StreamHistory) -> None:
+        """
+        Give a history its entry in the eviction order: the position of its
+        oldest message, or when it has none, a position no later than its
+        next one.
+        """
+        oldest = history.oldest_position()
+        key = history.complete_after if oldest is None else oldest
+        heapq.heappush(self._eviction_order, (key, next(self._entries), stream, history))
+
+    def _evict_over_budget(self) -> None:
+        """
+        Evict the oldest kept messages, whatever their stream, until the
+        histories fit the budget. Each eviction raises its history's
+        C{complete_after} (the history no longer vouches for that
+        position); a history left empty is dropped as L{sweep} drops one,
+        so streams cost nothing once their messages are gone.
+
+        Every history has one entry in the order (L{_order}), keyed by a
+        position no later than its oldest message: an entry found early,
+        because the history's own limits dropped messages meanwhile, is put
+        back at its true place.
+        """
+        budget, order, histories, entries = self.budget, self._eviction_order, self._histories, self._entries
+        global_parked = False
+        while budget.used > budget.limit and order:
+            key, _, stream, history = order[0]
+            if histories.get(stream) is not history:
+                heapq.heappop(order)        # dropped since (swept, resynchronised)
+                continue
+            oldest = history.oldest_position()
+            if oldest is None:
+                if stream != GLOBAL_STREAM:
+                    heapq.heappop(order)
+                    self._forget(stream, history)
+                    continue
+                if global_parked:
+                    break                   # only the (empty) global stream is left
+                # The global stream is always kept; its next message comes
+                # after the present position.
+                heapq.heapreplace(order, (self._position + 1, next(entries), stream, history))
+                global_parked = True
+                continue
+            if oldest > key:
+                heapq.heapreplace(order, (oldest, next(entries), stream, history))
+                continue
+            history.evict_oldest()
+            budget.evicted += 1
+            oldest = history.oldest_position()
+            heapq.heapreplace(order, (history.complete_after if oldest is None else oldest,
+                                      next(entries), stream, history))
+
+    def _forget(self, stream: str, history: StreamHistory) -> None:
+        """
+        Drop the (empty) history of C{stream}; streams without a history
+        vouch only after its last message.
+        """
+        self._forgotten_after = max(self._forgotten_after, history.complete_after)
+        del self._histories[stream]
+        self.budget.used -= STREAM_OVERHEAD + len(stream)
+
+    def _reorder(self) -> None:
+        """
+        Rebuild the eviction order from the histories there are now (after a
+        sweep, so that entries of dropped histories do not pile up).
+        """
+        self._eviction_order = []
+        if self.budget.limit:
+            for stream, history in self._histories.items():
+                self._order(stream, history)
 
     # When this node may have missed messages ------------------------------
 
@@ -149,6 +248,8 @@ class StreamLog:
         """
         self._epoch = epoch
         self._histories.clear()
+        self.budget.used = 0
+        self._eviction_order = []
         self._position = position
         self._forgotten_after = position
 
@@ -239,8 +340,8 @@ class StreamLog:
             history = self._histories[stream]
             history.expire()
             if not len(history) and stream != GLOBAL_STREAM and stream not in active_streams:
-                self._forgotten_after = max(self._forgotten_after, history.complete_after)
-                del self._histories[stream]
+                self._forget(stream, history)
+        self._reorder()
 
     # Saving and restoring (--state-file) ----------------------------------
 
@@ -283,9 +384,12 @@ class StreamLog:
             raise ValueError("bad epoch or position")
         forgotten_after = int(state.get("forgotten_after", 0))
         histories: dict[str, StreamHistory] = {}
+        budget = HistoryBudget(self.budget.limit)
+        budget.evicted = self.budget.evicted
         for stream, saved in state["histories"].items():
             history = StreamHistory(self.history_size, self.history_age, self.clock,
-                                    complete_after=int(saved["complete_after"]))
+                                    complete_after=int(saved["complete_after"]), budget=budget)
+            budget.used += STREAM_OVERHEAD + len(stream)
             for item in saved["messages"]:
                 pos = int(item["pos"])
                 if pos > position:
@@ -296,6 +400,12 @@ class StreamLog:
         self._position = position
         self._histories = histories
         self._forgotten_after = forgotten_after
+        # The budget applies to what was restored too: a server restarted
+        # with a smaller one keeps the newest messages.
+        self.budget = budget
+        self._reorder()
+        if budget.exceeded:
+            self._evict_over_budget()
 
 
 def _position_of(message: Outgoing) -> int:

@@ -76,7 +76,8 @@ class ClientTracker:
         self.clock = clock
         self.events = events or TrackerEvents()
         if stream is None:
-            stream = StreamLog(self.limits.history_size, self.limits.history_age, clock, epoch)
+            stream = StreamLog(self.limits.history_size, self.limits.history_age, clock, epoch,
+                               history_bytes=self.limits.history_bytes)
         elif epoch is not None:
             raise ValueError("an existing stream log has its epoch already")
         self.stream = stream
@@ -476,9 +477,10 @@ class ClientTracker:
             self.events.recovery(client, False)
             return False
         recovered, missed = self.stream.missed_since(since, channels, connected_at)
-        policy = self.limits.default_policy
-        for message in missed:
-            client.deliver(message, policy)
+        # The client's transport decides how (Client.replay): a WebSocket
+        # takes any length as it reads; elsewhere at most one queue, and a
+        # longer gap is not recovered.
+        recovered = client.replay(missed, self.limits.default_policy) and recovered
         self.events.recovery(client, recovered)
         return recovered
 

@@ -38,8 +38,22 @@ class TokenBucket:
 
 class ConnectionLimiter:
     """
-    Counts open connections in total and per IP address, so a flood from
-    one address cannot take every slot. Limits of 0 mean no limit.
+    Counts connections in total and per IP address, so a flood from one
+    address cannot take every slot. Limits of 0 mean no limit.
+
+    Two kinds of connection are counted, each under the same two limits:
+    clients (open WebSockets and Ajax sessions, from admission to close),
+    and connections still I{opening}: sockets whose HTTP request or
+    WebSocket upgrade has not fully arrived yet. An opening connection
+    costs a descriptor and a parser as a client does, so a peer that opens
+    sockets and trickles its requests is bounded like one that completes
+    them; it is counted apart so that an address at its client limit can
+    still send the requests of the Ajax sessions it has.
+
+    @ivar total: clients.
+    @ivar per_ip: clients per address.
+    @ivar opening: connections still opening.
+    @ivar opening_per_ip: connections still opening, per address.
     """
 
     def __init__(self, max_total: int, max_per_ip: int) -> None:
@@ -47,25 +61,48 @@ class ConnectionLimiter:
         self.max_per_ip = max_per_ip
         self.total = 0
         self.per_ip: dict[str, int] = {}
+        self.opening = 0
+        self.opening_per_ip: dict[str, int] = {}
 
-    def refusal(self, ip: str) -> str | None:
+    def refusal(self, ip: str, opening: bool = False) -> str | None:
         """
         Why a new connection from C{ip} must be refused, or C{None}.
+
+        @param opening: for a connection whose request has not arrived
+            yet, rather than a client.
         """
-        if self.max_total and self.total >= self.max_total:
-            return f"server full: {self.max_total} connections (--max-connections)"
-        if self.max_per_ip and self.per_ip.get(ip, 0) >= self.max_per_ip:
-            return f"too many connections from {ip}: {self.max_per_ip} (--max-connections-per-ip)"
+        total, per_ip = (self.opening, self.opening_per_ip) if opening else (self.total, self.per_ip)
+        kind = "connections still sending their request" if opening else "connections"
+        if self.max_total and total >= self.max_total:
+            return f"server full: {self.max_total} {kind} (--max-connections)"
+        if self.max_per_ip and per_ip.get(ip, 0) >= self.max_per_ip:
+            return f"too many {kind} from {ip}: {self.max_per_ip} (--max-connections-per-ip)"
         return None
 
-    def acquire(self, ip: str) -> None:
-        self.total += 1
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-
-    def release(self, ip: str) -> None:
-        self.total -= 1
-        remaining = self.per_ip.get(ip, 0) - 1
-        if remaining > 0:
-            self.per_ip[ip] = remaining
+    def acquire(self, ip: str, opening: bool = False) -> None:
+        """
+        Hold a place for a client from C{ip} (C{opening}: for a connection
+        whose request has not arrived yet).
+        """
+        if opening:
+            self.opening += 1
+            self.opening_per_ip[ip] = self.opening_per_ip.get(ip, 0) + 1
         else:
-            self.per_ip.pop(ip, None)
+            self.total += 1
+            self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+
+    def release(self, ip: str, opening: bool = False) -> None:
+        """
+        Give back a place taken by L{acquire} with the same arguments.
+        """
+        if opening:
+            self.opening -= 1
+            per_ip = self.opening_per_ip
+        else:
+            self.total -= 1
+            per_ip = self.per_ip
+        remaining = per_ip.get(ip, 0) - 1
+        if remaining > 0:
+            per_ip[ip] = remaining
+        else:
+            per_ip.pop(ip, None)

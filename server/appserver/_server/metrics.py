@@ -14,9 +14,10 @@ C{other}.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -152,6 +153,16 @@ class MetricsEvents(TrackerEvents):
         self.channels = Gauge("appserver_channels", "Channels with at least one subscriber.", registry=r)
         self.accepting = Gauge("appserver_accepting", "1 while new clients are accepted, 0 during shutdown.",
                                registry=r)
+        self.history_bytes = Gauge(
+            "appserver_history_bytes",
+            "Bytes the recovery histories of all streams retain (messages and their overhead); "
+            "at most --history-bytes.", registry=r)
+        self.history_limit = Gauge(
+            "appserver_history_limit_bytes", "The total history budget, --history-bytes (0: no limit).", registry=r)
+        self.opening = Gauge(
+            "appserver_connections_opening",
+            "Connections whose HTTP request or WebSocket upgrade has not fully arrived; they count against "
+            "--max-connections-per-ip.", registry=r)
         # Series that exist from the start, at zero, so rates and alerts
         # work before the first event.
         for transport in ("websocket", "ajax", "sse"):
@@ -175,6 +186,10 @@ class MetricsEvents(TrackerEvents):
         self.waiting_polls.set_function(lambda: _waiting_polls(runtime))
         self.channels.set_function(lambda: len(runtime.tracker.channels))
         self.accepting.set_function(lambda: 1 if runtime.accepting else 0)
+        self.history_bytes.set_function(lambda: runtime.tracker.stream.budget.used)
+        self.history_limit.set_function(lambda: runtime.tracker.stream.budget.limit)
+        self.opening.set_function(lambda: runtime.limiter.opening)
+        self.registry.register(_HistoryEvictions(runtime))
         runtime.metrics = self
         return self
 
@@ -205,14 +220,14 @@ class MetricsEvents(TrackerEvents):
     def fanout(self, stream: str, recipients: int, message: Outgoing) -> None:
         kind = "broadcast" if stream == GLOBAL_STREAM else "channel"
         self.sent_messages[kind].inc(recipients)
-        self.sent_bytes[kind].inc(recipients * len(message.payload))
+        self.sent_bytes[kind].inc(recipients * len(message))
         self.fanout_size.observe(recipients)
         if message.created:
             self.delivery["fanout"].observe(max(0.0, self.clock() - message.created))
 
     def sent(self, recipients: int, message: Outgoing) -> None:
         self.sent_messages["direct"].inc(recipients)
-        self.sent_bytes["direct"].inc(recipients * len(message.payload))
+        self.sent_bytes["direct"].inc(recipients * len(message))
 
     def delivered(self, client: Client, messages: Iterable[Outgoing]) -> None:
         now = self.clock()
@@ -238,6 +253,24 @@ class MetricsEvents(TrackerEvents):
 
     def recovery(self, client: Client, recovered: bool) -> None:
         self.recoveries["ok" if recovered else "failed"].inc()
+
+
+class _HistoryEvictions:
+    """
+    C{appserver_history_evicted_total}, read from the stream log's budget at
+    scrape time: the stream log is a value below the metrics and counts its
+    evictions itself.
+    """
+
+    def __init__(self, runtime: "Runtime") -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "appserver_history_evicted",
+            "Messages evicted from the recovery histories, oldest first across all streams, to stay within "
+            "--history-bytes (the per-stream --history-size and --history-age drops are not counted).",
+            value=self.runtime.tracker.stream.budget.evicted)
 
 
 def _waiting_polls(runtime: "Runtime") -> int:

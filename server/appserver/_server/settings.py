@@ -150,7 +150,11 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("ping-timeout", 10.0, _non_negative_float,
                "Seconds to wait for a pong before the connection is dropped as dead."),
     OptionSpec("handshake-timeout", 10.0, _non_negative_float,
-               "Seconds a WebSocket opening handshake may take."),
+               "Seconds a WebSocket opening handshake may take in all, from the connection to the open "
+               "WebSocket (request, authentication and answer); not restarted by data (0 disables)."),
+    OptionSpec("request-timeout", 30.0, _non_negative_float,
+               "Seconds an HTTP request may take to arrive in full (headers and body) on every site, counted "
+               "from the connection or the end of the previous answer; not restarted by data (0 disables)."),
     OptionSpec("allowed-origin", (), _origin_pattern,
                "Origin allowed to open WebSockets, Ajax sessions and CORS calls: an exact origin or an anchored "
                "pattern like https://*.example.com; repeatable. Default: the server's own pages only. "
@@ -177,6 +181,9 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
                "this often, so proxies do not cut it (0 disables)."),
     OptionSpec("history-size", 1000, _non_negative_int, "Messages kept per channel for recovery after a reconnect."),
     OptionSpec("history-age", 300.0, _non_negative_float, "Seconds a message is kept for recovery."),
+    OptionSpec("history-bytes", 64 * 1024 * 1024, parse_size,
+               "What the histories of all channels may keep together, in bytes; past it the oldest messages of "
+               "all channels are evicted first (0 = no limit)."),
     OptionSpec("publish-token", None, _optional_text,
                "Token required by POST /publish (Authorization: Bearer ...). Without one, /publish "
                "only accepts requests from a loopback address that carry no forwarding header "
@@ -219,6 +226,7 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 10.0
     handshake_timeout: float = 10.0
+    request_timeout: float = 30.0
     allowed_origin: tuple[str, ...] = ()
     server_name: tuple[str, ...] = ()
     trusted_proxy: tuple[str, ...] = ()
@@ -232,6 +240,7 @@ class Settings:
     sse_heartbeat: float = 15.0
     history_size: int = 1000
     history_age: float = 300.0
+    history_bytes: int = 64 * 1024 * 1024
     publish_token: str | None = None
     shutdown_timeout: float = 5.0
     state_file: str | None = None

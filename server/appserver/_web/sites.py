@@ -65,11 +65,18 @@ def build_sites(runtime: "Runtime") -> list[SiteSpec]:
 
 def _site(runtime: "Runtime", resource: Resource, websocket: bool = False) -> LoggingSite:
     settings = runtime.settings
-    # Autobahn's handshake timeout starts only once the whole upgrade
-    # request has arrived; until then the HTTP channel's idle timeout (a
-    # minute by default) is all that bounds a silent or half-sent one.
-    extra = {"timeout": settings.handshake_timeout} if websocket and settings.handshake_timeout else {}
+    # Every request must arrive within a total deadline, counted under the
+    # connection limits meanwhile (DeadlineChannel). A site that serves
+    # only WebSockets expects nothing but upgrade requests: the handshake's
+    # own deadline. On a single port, pages and Ajax requests get theirs,
+    # and an upgrade must still be open within --handshake-timeout.
+    only_websockets = websocket and not settings.listen
+    deadline = settings.handshake_timeout if only_websockets else settings.request_timeout
+    # The channel's idle timeout still closes connections that go quiet (a
+    # minute by default, the handshake's on a site of WebSockets only).
+    extra = {"timeout": settings.handshake_timeout} if only_websockets and settings.handshake_timeout else {}
     site = LoggingSite(resource, max_body_size=settings.max_message_size, access_log=settings.access_log,
+                       request_timeout=deadline, limiter=runtime.limiter, trusts=runtime.proxies.trusts,
                        **extra)
     site.noisy = False
     return site
@@ -100,12 +107,21 @@ def build_ajax_resource(runtime: "Runtime") -> Resource:
 class _TakeoverResource(WebSocketResource):
     """
     Autobahn's resource, minus the HTTP channel's idle timeout: once the
-    connection is a WebSocket, pings and their timeout govern it.
+    connection is a WebSocket, pings and their timeout govern it. The
+    opening handshake keeps the deadline the connection started with: the
+    WebSocket protocol, made and connected within C{render}, reads when the
+    channel began to wait for this request (L{DeadlineChannel}).
     """
+
+    _factory: AppServerWebSocketFactory
 
     def render(self, request: Any) -> bytes:
         channel = request.channel
-        result: bytes = super().render(request)
+        self._factory.opening_since = getattr(channel, "awaiting_since", None)
+        try:
+            result: bytes = super().render(request)
+        finally:
+            self._factory.opening_since = None
         if channel.transport is None:
             channel.setTimeout(None)
         return result

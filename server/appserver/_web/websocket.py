@@ -14,6 +14,7 @@ L{TrackedProtocol} for raw frame protocols.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping, cast
 
@@ -62,16 +63,23 @@ class WebSocketClient(Client):
 
     Frames written during a reactor turn wait in C{pending} and go out
     together at the end of the turn (L{WriteCoalescer}).
+
+    @ivar transport_paused: whether the transport holds more than its
+        high-water mark (the peer is not reading fast enough).
+    @ivar backlog: what a replay still has to write, written as the
+        transport drains (L{replay}).
     """
 
     transport = "websocket"
-    __slots__ = ("protocol", "coalescer", "pending")
+    __slots__ = ("protocol", "coalescer", "pending", "transport_paused", "backlog")
 
     def __init__(self, protocol: "TrackedProtocol", coalescer: WriteCoalescer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.protocol = protocol
         self.coalescer = coalescer
         self.pending: list[bytes] | None = None
+        self.transport_paused = False
+        self.backlog: deque[Outgoing] | None = None
 
     def deliver(self, message: Outgoing, policy: str = DISCONNECT) -> None:
         # The hot path of a burst: a client already given a frame this turn
@@ -111,6 +119,63 @@ class WebSocketClient(Client):
         if protocol.state != _STATE_OPEN or protocol.transport is None:
             return
         send_now(protocol.transport, self.coalescer.join(pending))
+
+    def replay(self, missed: list[Outgoing], policy: str = DISCONNECT) -> bool:
+        """
+        Write what the client missed as fast as it reads, whatever its
+        length: messages go to the transport one by one until it reaches
+        its high-water mark, and the rest follows each time it drains
+        (L{resume}). Meanwhile live messages wait in the bounded queue,
+        behind the replay. The replay is the history's own messages, not
+        copies, so a client that stops reading costs its transport buffer
+        and the references, however much it missed.
+
+        A client already behind (paused, or with a queue) gets the
+        queue's bound instead (L{Client.replay}).
+        """
+        if not missed or self.closed:
+            return True
+        if self.paused or self.queue or self.backlog:
+            return Client.replay(self, missed, policy)
+        self.backlog = deque(missed)
+        self.paused = True
+        self.flush()        # what this turn gave it goes first
+        self._write_backlog()
+        return True
+
+    def _write_backlog(self) -> None:
+        backlog = self.backlog
+        protocol = self.protocol
+        transport = protocol.transport
+        while backlog and not self.transport_paused and not self.closed and protocol.state == _STATE_OPEN:
+            # Not coalesced: Twisted's buffer pauses us, at once, past its
+            # high-water mark.
+            assert transport is not None
+            transport.write(backlog.popleft().frame)
+        if backlog and not self.closed and protocol.state == _STATE_OPEN:
+            return
+        self.backlog = None
+        if not self.transport_paused:
+            Client.resume(self)
+
+    def pause(self) -> None:
+        # Only the transport pauses a client (Backpressure); a replay sets
+        # C{paused} itself.
+        self.transport_paused = True
+        Client.pause(self)
+
+    def resume(self) -> None:
+        self.transport_paused = False
+        if self.backlog:
+            self._write_backlog()
+        else:
+            Client.resume(self)
+        # The pong owed for the latest ping while the peer was not reading.
+        protocol = self.protocol
+        pong = protocol.owed_pong
+        if pong is not None and not self.closed:
+            protocol.owed_pong = None
+            protocol.sendPong(pong)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed:
@@ -154,6 +219,9 @@ class TrackedProtocol(WebSocketServerProtocol):
     factory: "AppServerWebSocketFactory"
 
     client: WebSocketClient | None = None
+    #: The payload of the latest ping not answered yet because the peer is
+    #: not reading (see L{onPing}).
+    owed_pong: bytes | None = None
     _ticket: Ticket | None = None
     _admitting: Deferred[Ticket] | None = None
 
@@ -218,6 +286,22 @@ class TrackedProtocol(WebSocketServerProtocol):
         # list-backed queue costs a tenth of that and serves the same calls.
         # Not a deque, but it has every method Autobahn calls on one.
         self.send_queue = _SendQueue()  # type: ignore[assignment]
+        self._keep_opening_deadline()
+
+    def _keep_opening_deadline(self) -> None:
+        """
+        Autobahn's opening-handshake timeout starts now, once the upgrade
+        request has arrived; the handshake's deadline started with the
+        connection (or the end of the previous answer on it), so only what
+        is left of it remains: data never extends it.
+        """
+        since = self.factory.opening_since
+        call = self.openHandshakeTimeoutCall
+        if since is None or call is None or not self.openHandshakeTimeout:
+            return
+        call.cancel()
+        left = max(0.0, since + self.openHandshakeTimeout - self.factory.runtime.reactor.seconds())
+        self.openHandshakeTimeoutCall = self.factory._batched_timer.call_later(left, self.onOpenHandshakeTimeout)
 
     def _watch_backpressure(self, client: Client) -> None:
         # Twisted's stream transports are consumers too, which ITransport
@@ -228,6 +312,21 @@ class TrackedProtocol(WebSocketServerProtocol):
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         transport.registerProducer(Backpressure(client), True)
+
+    def onPing(self, payload: bytes) -> None:
+        # A pong is owed for every ping, and Autobahn writes it at once,
+        # past any bound: a peer that sends pings and never reads would
+        # grow the transport buffer without limit. While the peer is not
+        # reading (the transport is paused), only the latest ping is owed
+        # its pong (RFC 6455 section 5.5.3 allows answering only the most
+        # recent one), sent when it reads again (WebSocketClient.resume).
+        if self.state != _STATE_OPEN:
+            return
+        client = self.client
+        if client is not None and client.transport_paused:
+            self.owed_pong = payload
+            return
+        self.sendPong(payload)
 
     def _onMessage(self, payload: bytes, isBinary: bool) -> None:
         # A raw endpoint's onMessage may be a coroutine awaiting asyncio code
@@ -351,6 +450,9 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
         # plain GETs: nothing for a scanner to fingerprint.
         super().__init__(url, server="appserver")
         self._batched_timer = _PreciseTimer()
+        #: While a WebSocket resource makes a protocol: when its connection
+        #: began to wait for the upgrade request (reactor time).
+        self.opening_since: float | None = None
         self.runtime = runtime
         self.coalescer = coalescer or WriteCoalescer(runtime.reactor)
         self.protocol = protocol
