@@ -23,7 +23,8 @@ A transport adds only its framing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -53,7 +54,7 @@ class Refused(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Visitor:
     """
     What a transport knows of a connection before it is admitted: the
@@ -83,6 +84,9 @@ class Visitor:
         """
         return {"query": dict(self.query), "headers": dict(self.headers), "cookies": dict(self.cookies),
                 "peer": self.peer, "origin": self.origin, "path": self.path}
+
+
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
 
 
 class Ticket:
@@ -180,6 +184,9 @@ class Admission:
         if ticket.attributes:
             client.attributes.update(ticket.attributes)
         runtime.tracker.register(client)
+        # What the request said is used up: an open connection keeps only
+        # what closing needs (an idle connection should cost little).
+        ticket.visitor = replace(ticket.visitor, query=_NOTHING, headers=_NOTHING, cookies=_NOTHING)
         _log_for(client.transport).info(
             "{label} open {client_id} peer={peer} origin={origin} transport={transport}",
             label=_LABELS.get(ticket.visitor.transport, ticket.visitor.transport), client_id=client.client_id,
