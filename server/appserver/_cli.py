@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Any
 
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.logger import ILogObserver, Logger, globalLogBeginner
 from twisted.python import usage
 
@@ -37,7 +38,7 @@ USAGE_ERROR = 2
 CANNOT_START = 1
 
 #: The reactors C{--reactor} offers. C{asyncio}: Twisted's asyncio reactor on
-#: the standard event loop (the default; see bench/README.md for the
+#: the standard event loop (the default; docs/performance.md has the
 #: figures); C{uvloop}: the same on uvloop's loop (when installed);
 #: C{twisted}: Twisted's platform reactor (epoll on Linux), where asyncio
 #: libraries cannot be used.
@@ -160,7 +161,7 @@ def run(arguments: list[str], reactor: Any = None) -> int:
     # handlers; the graceful shutdown runs before it stops.
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
-    if hasattr(reactor, "_asyncioEventloop"):
+    if isinstance(reactor, AsyncioSelectorReactor):
         # Twisted's other reactors end with this line; the asyncio reactor
         # does not, and operators (and the tests) look for it.
         Logger(namespace="-").info("Main loop terminated.")
