@@ -774,8 +774,8 @@
 
   /**
    * The offline send buffer: what the page sends while the client is not
-   * open waits here, in order, up to a bound. When full, the oldest goes
-   * (unlike reconnecting-websocket's unbounded queue).
+   * open waits here, in order, up to a bound. When full, the oldest goes:
+   * a page that sends while offline for long must not grow without limit.
    */
   class SendBuffer {
     /** @param {number} limit how many envelopes it holds at most (negative counts as 0) */
