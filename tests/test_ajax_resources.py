@@ -273,3 +273,73 @@ def test_publish_with_a_token_needs_the_bearer_header():
 ])
 def test_publish_with_a_bad_body_is_400(ajax, body, code):
     assert error(ajax.call("POST", "/publish", body=body), 400) == code
+
+
+# idempotent publish ---------------------------------------------------------------------
+
+
+def _news(ajax, session):
+    return [m for m in ajax.poll(session, 0).json()["messages"] if m["type"] == "message"]
+
+
+def test_publish_retried_with_the_same_idempotency_key_is_delivered_once(ajax):
+    session = ajax.connect()
+    ajax.send(session, {"type": "subscribe", "data": {"channel": "news"}})
+    body = b'{"channel": "news", "data": 1, "idempotency_key": "order-1"}'
+    first = ajax.call("POST", "/publish", body=body).json()
+    again = ajax.call("POST", "/publish", body=body).json()
+    # The header form is the same key.
+    header = ajax.call("POST", "/publish", body=b'{"channel": "news", "data": 1}',
+                       headers={"Idempotency-Key": "order-1"}).json()
+    assert first["ok"] and again["pos"] == first["pos"] == header["pos"]
+    assert [m["pos"] for m in _news(ajax, session)] == [first["pos"]]
+    # A key is per channel: the same key on another channel is another message.
+    other = ajax.call("POST", "/publish", body=b'{"channel": "other", "data": 1, "idempotency_key": "order-1"}')
+    assert other.json()["pos"] > first["pos"]
+
+
+def test_publish_with_different_idempotency_keys_is_delivered_each_time(ajax):
+    session = ajax.connect()
+    ajax.send(session, {"type": "subscribe", "data": {"channel": "news"}})
+    one = ajax.call("POST", "/publish", body=b'{"channel": "news", "data": 1, "idempotency_key": "a"}').json()
+    two = ajax.call("POST", "/publish", body=b'{"channel": "news", "data": 2, "idempotency_key": "b"}').json()
+    assert one["pos"] < two["pos"]
+    assert [(m["data"], m["pos"]) for m in _news(ajax, session)] == [(1, one["pos"]), (2, two["pos"])]
+
+
+def test_an_idempotency_key_reused_after_the_history_age_publishes_again():
+    now = [1000.0]
+    ajax = AjaxStub(make_runtime(history_age=5.0))
+    ajax.runtime.tracker.stream.clock = lambda: now[0]
+    session = ajax.connect()
+    ajax.send(session, {"type": "subscribe", "data": {"channel": "news"}})
+    body = b'{"channel": "news", "data": 1, "idempotency_key": "k"}'
+    first = ajax.call("POST", "/publish", body=body).json()
+    now[0] += 4.0
+    assert ajax.call("POST", "/publish", body=body).json()["pos"] == first["pos"]
+    now[0] += 1.5       # past the history age of the first publish
+    later = ajax.call("POST", "/publish", body=body).json()
+    assert later["pos"] > first["pos"]
+    assert [m["pos"] for m in _news(ajax, session)] == [first["pos"], later["pos"]]
+
+
+def test_the_idempotency_key_of_a_client_publish_delivers_once(ajax):
+    reader, writer = ajax.connect(), ajax.connect()
+    ajax.send(reader, {"type": "subscribe", "data": {"channel": "news"}})
+    for _ in range(2):
+        ajax.send(writer, {"type": "publish", "data": {"channel": "news", "data": 1, "idempotency_key": "x"}})
+    assert [m["data"] for m in _news(ajax, reader)] == [1]
+    answer = ajax.send(writer, {"type": "publish", "id": 1, "data": {"channel": "news", "idempotency_key": 5}})
+    replies = [m for m in ajax.poll(writer, 0).json()["messages"] if m["type"] == "error"]
+    assert answer.status in (200, 202) and replies[-1]["data"]["code"] == "bad_data"
+
+
+@pytest.mark.parametrize("body, headers", [
+    (b'{"channel": "a", "idempotency_key": 1}', {}),
+    (b'{"channel": "a", "idempotency_key": ""}', {}),
+    (b'{"channel": "a", "idempotency_key": "' + b"k" * 129 + b'"}', {}),
+    (b'{"channel": "a"}', {"Idempotency-Key": "k" * 129}),
+    (b'{"channel": "a", "idempotency_key": "x"}', {"Idempotency-Key": "y"}),
+])
+def test_publish_with_a_bad_idempotency_key_is_400(ajax, body, headers):
+    assert error(ajax.call("POST", "/publish", body=body, headers=headers), 400) == "bad_data"

@@ -217,6 +217,13 @@ async def publish(url: str, channel: str, data: Any) -> dict[str, Any]:
     return await response.json()
 
 
+async def publish_once(url: str, channel: str, data: Any, idempotency_key: str) -> dict[str, Any]:
+    response = await treq.post(url + "/publish", json.dumps({"channel": channel, "data": data}).encode(),
+                               headers={"Idempotency-Key": idempotency_key}, persistent=False)
+    assert response.code == 200, await response.text()
+    return await response.json()
+
+
 def chats(received: list[dict[str, Any]]) -> list[str]:
     return [m["data"].rsplit(" : ", 1)[-1] for m in received if m["type"] == "chat"]
 
@@ -630,3 +637,38 @@ def _access(process) -> str:
 async def _counts_match_url(url: str, total: int, websocket: int, ajax: int) -> bool:
     answer = await counts(url)
     return (answer["client_count"], answer["websocket"], answer["ajax"]) == (total, websocket, ajax)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_publish_retried_on_another_node_with_its_idempotency_key_is_delivered_once(
+        cluster, redis, reactor, closing):
+    a = cluster("a", "--history-age", "2")
+    b = cluster("b", "--history-age", "2")
+    listeners = []
+    for site in (a, b):
+        listener = await WS.open(site.url("ws"), reactor)
+        closing(listener)
+        listener.send("subscribe", {"channel": "news"})
+        await listener.wait_for(reactor, lambda m: m["type"] == "subscribed")
+        listeners.append(listener)
+
+    first = await publish_once(a.url("ajax"), "news", "once", "retry-me")
+    retry = await publish_once(b.url("ajax"), "news", "once", "retry-me")
+    assert retry["pos"] == first["pos"]
+    other = await publish_once(b.url("ajax"), "news", "another", "another-key")
+    assert other["pos"] > first["pos"]
+
+    def news(listener: WS) -> list[Any]:
+        return [(m["data"], m["pos"]) for m in listener.of_type("message")]
+
+    expected = [("once", first["pos"]), ("another", other["pos"])]
+    await eventually(reactor, lambda: all(news(listener) == expected for listener in listeners))
+
+    # After the history age the key is forgotten: the same key publishes again.
+    await sleep(reactor, 2.5)
+    later = await publish_once(b.url("ajax"), "news", "once", "retry-me")
+    assert later["pos"] > other["pos"]
+    expected.append(("once", later["pos"]))
+    await eventually(reactor, lambda: all(news(listener) == expected for listener in listeners))
+    await sleep(reactor, 0.3)
+    assert all(news(listener) == expected for listener in listeners)

@@ -364,3 +364,17 @@ def test_sweeping_many_short_lived_streams_keeps_the_eviction_order_small(clock)
     log.sweep(())
     assert log.streams() == [GLOBAL_STREAM] or log.streams() == []
     assert len(log._eviction_order) <= 1
+
+
+def test_idempotency_keys_are_forgotten_after_the_history_age_and_past_their_bound(monkeypatch):
+    from appserver._core import streamlog
+    now = [100.0]
+    log = StreamLog(history_age=10.0, clock=lambda: now[0])
+    log.remember("news", "a", 1)
+    assert log.idempotent("news", "a") == 1 and log.idempotent("other", "a") is None
+    now[0] += 10.0
+    assert log.idempotent("news", "a") is None
+    monkeypatch.setattr(streamlog, "MAX_IDEMPOTENCY_KEYS", 2)
+    for pos, key in enumerate("bcd", 2):
+        log.remember("news", key, pos)
+    assert [log.idempotent("news", key) for key in "bcd"] == [None, 3, 4]

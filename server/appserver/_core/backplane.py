@@ -171,12 +171,18 @@ class IBackplane(Interface):
         disconnect.
         """
 
-    def publish(stream: str, envelope: dict[str, Any], key: Hashable | None) -> "Deferred[Outgoing]":
+    def publish(stream: str, envelope: dict[str, Any], key: Hashable | None,
+                idempotency_key: str | None = None) -> "Deferred[Outgoing]":
         """
         Give a stream message (C{stream} is a channel, or the global
         stream C{""}) its position, keep it for recovery and have every
         node deliver it to its subscribers (L{ILocalNode.receive}, or
         L{ILocalNode.fan_out} on a single node, before returning).
+
+        @param idempotency_key: when given, a publish on C{stream} with the
+            same key within the history age, on any node, is not published
+            again: the Deferred fires with a message at the first one's
+            position (docs/channels.md).
 
         @return: a Deferred firing with the positioned message.
         """

@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from appserver._core.backplane import IBackplane, ILocalNode
 from appserver._core.client import new_session_secret
+from appserver._core.envelope import Outgoing
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
     from appserver._core.client import Client
-    from appserver._core.envelope import Outgoing
 
 __all__ = ["MemoryBackplane"]
 
@@ -59,10 +59,19 @@ class MemoryBackplane:
     def not_ready(self) -> list[str]:
         return []
 
-    def publish(self, stream: str, envelope: dict[str, Any], key: Hashable | None) -> "Deferred[Outgoing]":
+    def publish(self, stream: str, envelope: dict[str, Any], key: Hashable | None,
+                idempotency_key: str | None = None) -> "Deferred[Outgoing]":
         node = self.node
         assert node is not None
-        message = node.stream.stamp(envelope, stream, key)
+        log = node.stream
+        if idempotency_key is not None:
+            first = log.idempotent(stream, idempotency_key)
+            if first is not None:
+                # A retry: the first publish's position, delivered nowhere.
+                return defer.succeed(Outgoing.of(envelope, first, key, log.clock()))
+        message = log.stamp(envelope, stream, key)
+        if idempotency_key is not None and message.pos is not None:
+            log.remember(stream, idempotency_key, message.pos)
         node.fan_out(stream, message)
         return defer.succeed(message)
 

@@ -10,10 +10,13 @@ from typing import Any
 
 from appserver._core.envelope import ProtocolError
 
-__all__ = ["validate_channel_name", "validate_room_name", "validate_username", "MAX_USERNAME_LENGTH"]
+__all__ = ["validate_channel_name", "validate_room_name", "validate_username", "validate_idempotency_key",
+           "MAX_USERNAME_LENGTH", "MAX_IDEMPOTENCY_KEY_LENGTH"]
 
 _NAME = re.compile(r"[A-Za-z0-9_\-.:/@#]{1,128}\Z")
 MAX_USERNAME_LENGTH = 64
+#: An idempotency key of a publish (docs/channels.md): 1 to this many characters.
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
 
 
 def _validate_name(kind: str, name: Any) -> str:
@@ -45,3 +48,18 @@ def validate_username(username: Any) -> str:
             or len(username) > MAX_USERNAME_LENGTH or not username.isprintable()):
         raise ProtocolError("bad_data", f"a username is 1 to {MAX_USERNAME_LENGTH} printable characters")
     return username
+
+
+def validate_idempotency_key(key: Any) -> str | None:
+    """
+    The idempotency key of a publish, as its caller sent it: C{None} (no
+    key), or a string of 1 to L{MAX_IDEMPOTENCY_KEY_LENGTH} characters.
+
+    @raise ProtocolError: C{bad_data} for anything else.
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ProtocolError("bad_data", f"an idempotency key is a string of 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} "
+                                        "characters")
+    return key

@@ -15,6 +15,12 @@ total (C{--history-bytes}): past the total, the oldest messages of all
 streams go first, and a stream whose history it emptied is forgotten as a
 sweep would.
 
+It also remembers, for the history age, the position of each publish made
+with an idempotency key (L{StreamLog.idempotent}, L{StreamLog.remember}), so
+that a retry on this node is answered with the first position instead of
+being published again: at most L{MAX_IDEMPOTENCY_KEYS} keys, the oldest
+forgotten first. They are not part of a snapshot.
+
 Tests: tests/test_streamlog.py (and, through the tracker, tests/test_tracker.py).
 """
 
@@ -24,6 +30,7 @@ import heapq
 import itertools
 import secrets
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Container, Hashable, Iterable
 
 import orjson
@@ -31,11 +38,15 @@ import orjson
 from appserver._core.envelope import Outgoing, encode
 from appserver._core.history import STREAM_OVERHEAD, HistoryBudget, StreamHistory
 
-__all__ = ["StreamLog", "GLOBAL_STREAM", "is_position"]
+__all__ = ["StreamLog", "GLOBAL_STREAM", "MAX_IDEMPOTENCY_KEYS", "is_position"]
 
 #: History key of the global broadcast stream (the chat every client gets).
 #: Not a valid channel name, so it cannot collide with one.
 GLOBAL_STREAM = ""
+
+#: The idempotency keys one node remembers at most (each for the history
+#: age): past it, the oldest is forgotten first.
+MAX_IDEMPOTENCY_KEYS = 100_000
 
 
 def is_position(value: Any) -> bool:
@@ -70,7 +81,7 @@ class StreamLog:
     """
 
     __slots__ = ("history_size", "history_age", "clock", "_epoch", "_position", "_histories",
-                 "_forgotten_after", "budget", "_eviction_order", "_entries")
+                 "_forgotten_after", "budget", "_eviction_order", "_entries", "_idempotent")
 
     def __init__(self, history_size: int = 1000, history_age: float = 300.0,
                  clock: Callable[[], float] = time.time, epoch: str | None = None,
@@ -100,6 +111,8 @@ class StreamLog:
         # empty), so the oldest message of all streams is found at the top.
         self._eviction_order: list[tuple[int, int, str, StreamHistory]] = []
         self._entries = itertools.count()
+        # (stream, idempotency key) -> (position, when published), oldest first.
+        self._idempotent: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
 
     # What a client is told ------------------------------------------------
 
@@ -150,6 +163,39 @@ class StreamLog:
                 self._position = pos
             if self.budget.exceeded:
                 self._evict_over_budget()
+
+    # Idempotent publishing ------------------------------------------------
+
+    def idempotent(self, stream: str, key: str) -> int | None:
+        """
+        The position of the message published on C{stream} with the
+        idempotency key C{key} within the history age, if any: a retry of
+        that publish is answered with it and published nowhere.
+        """
+        self._expire_idempotent()
+        found = self._idempotent.get((stream, key))
+        return None if found is None else found[0]
+
+    def remember(self, stream: str, key: str, position: int) -> None:
+        """
+        C{position} is the message published on C{stream} with the
+        idempotency key C{key}: remembered for the history age, among at
+        most L{MAX_IDEMPOTENCY_KEYS} keys.
+        """
+        remembered = self._idempotent
+        remembered[(stream, key)] = (position, self.clock())
+        remembered.move_to_end((stream, key))
+        while len(remembered) > MAX_IDEMPOTENCY_KEYS:
+            remembered.popitem(last=False)
+
+    def _expire_idempotent(self) -> None:
+        remembered = self._idempotent
+        oldest = self.clock() - self.history_age
+        while remembered:
+            first = next(iter(remembered.values()))
+            if first[1] > oldest:
+                break
+            remembered.popitem(last=False)
 
     def _history(self, stream: str) -> StreamHistory:
         history = self._histories.get(stream)
@@ -342,6 +388,7 @@ class StreamLog:
             if not len(history) and stream != GLOBAL_STREAM and stream not in active_streams:
                 self._forget(stream, history)
         self._reorder()
+        self._expire_idempotent()
 
     # Saving and restoring (--state-file) ----------------------------------
 

@@ -25,7 +25,8 @@ from appserver._core.bounds import TrackerLimits
 from appserver._core.client import Client
 from appserver._core.events import TrackerEvents
 from appserver._core.memory import MemoryBackplane
-from appserver._core.names import validate_channel_name, validate_room_name, validate_username
+from appserver._core.names import (validate_channel_name, validate_idempotency_key, validate_room_name,
+                                   validate_username)
 from appserver._core.envelope import Outgoing, ProtocolError
 from appserver._core.outbound import POLICIES
 from appserver._core.streamlog import GLOBAL_STREAM, StreamLog
@@ -182,16 +183,24 @@ class ClientTracker:
         """
         return self.backplane.publish(GLOBAL_STREAM, {"type": message_type, "data": data}, key)
 
-    def publish(self, channel: str, data: Any, key: Hashable | None = None) -> "Deferred[Outgoing]":
+    def publish(self, channel: str, data: Any, key: Hashable | None = None,
+                idempotency_key: str | None = None) -> "Deferred[Outgoing]":
         """
         Send C{{"type": "message", "channel": channel, "data": data}} to the
         channel's subscribers, under the channel's overflow policy.
 
+        @param idempotency_key: a publish on C{channel} with the same key
+            within the history age (on any node) is not published again;
+            the Deferred fires with the first one's position.
         @return: as L{broadcast}.
-        @raise ProtocolError: C{bad_data} for a bad channel name.
+        @raise ProtocolError: C{bad_data} for a bad channel name or
+            idempotency key.
         """
         validate_channel_name(channel)
-        return self.backplane.publish(channel, {"type": "message", "channel": channel, "data": data}, key)
+        envelope = {"type": "message", "channel": channel, "data": data}
+        if idempotency_key is None:
+            return self.backplane.publish(channel, envelope, key)
+        return self.backplane.publish(channel, envelope, key, validate_idempotency_key(idempotency_key))
 
     def fan_out(self, stream: str, message: Outgoing) -> None:
         """

@@ -308,7 +308,15 @@ class RedisBackplane:
 
     # Publishing -----------------------------------------------------------
 
-    def publish(self, stream: str, envelope: dict[str, Any], key: Hashable | None) -> "defer.Deferred[Outgoing]":
+    def publish(self, stream: str, envelope: dict[str, Any], key: Hashable | None,
+                idempotency_key: str | None = None) -> "defer.Deferred[Outgoing]":
+        """
+        Positioned and published by one script (L{scripts.PUBLISH}); with an
+        idempotency key, the script answers a retry (from any node, within
+        the history age) with the first position and publishes nothing.
+        When Redis cannot be reached, the message reaches this node's
+        clients only, without a position, and its key is not remembered.
+        """
         node = self._node()
         payload = encode(envelope)
         if self.connections.commands is None:
@@ -317,8 +325,11 @@ class RedisBackplane:
         created = node.stream.clock()
         sent_at = self.reactor.seconds()
         keys = self.keys
+        script_keys = [*keys.positions, keys.streams, keys.stream(stream)]
+        if idempotency_key is not None:
+            script_keys.append(keys.idempotency(stream, idempotency_key))
         d = self.connections.eval(
-            scripts.PUBLISH, [*keys.positions, keys.streams, keys.stream(stream)],
+            scripts.PUBLISH, script_keys,
             [node.stream.epoch, scripts.proposed_start(node.stream.position), stream, encode_key(key), payload,
              int(created * 1000), history_size, max(1, int(self.history_age * 1000)), keys.bus])
 

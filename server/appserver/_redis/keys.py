@@ -86,6 +86,14 @@ class KeySpace:
         """
         return f"{self.prefix}:s:{stream}" if stream else f"{self.prefix}:global"
 
+    def idempotency(self, stream: str, key: str) -> str:
+        """
+        The key keeping the position of the publish on C{stream} with the
+        idempotency key C{key} (the stream's length keeps stream and key
+        apart whatever characters they hold).
+        """
+        return f"{self.prefix}:i:{len(stream)}:{stream}:{key}"
+
     @property
     def positions(self) -> list[str]:
         """

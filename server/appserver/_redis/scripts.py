@@ -12,6 +12,9 @@ Keys (C{P} is the prefix, C{appserver} by default):
   - C{P:global}, C{P:s:<channel>}: a Stream per stream; entry id C{<pos>-0},
     fields C{p} (the JSON envelope, C{pos} included), C{k} (the conflation
     key as JSON) and C{t} (milliseconds since the epoch when published).
+  - C{P:i:<length of stream>:<stream>:<idempotency key>}: the position of
+    the message published on that stream with that idempotency key; it
+    expires after the history age.
   - C{P:nodes}: a sorted set, node id scored by its last heartbeat (Redis's
     clock, in milliseconds).
   - C{P:node:<id>}: a hash, C{counts} (JSON, clients per transport) and
@@ -81,11 +84,18 @@ INIT = Script("init", _ENSURE_EPOCH + """
 return {epoch, redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]) or '0'}
 """)
 
-#: KEYS epoch, pos, floor, streams hash, stream key. ARGV proposed epoch,
-#: proposed start, stream name, key JSON, envelope JSON without pos, created
-#: (ms), history size, history age (ms), bus channel. Returns {epoch, pos}.
+#: KEYS epoch, pos, floor, streams hash, stream key[, idempotency key]. ARGV
+#: proposed epoch, proposed start, stream name, key JSON, envelope JSON
+#: without pos, created (ms), history size, history age (ms), bus channel.
+#: Returns {epoch, pos}. With an idempotency key that names a publish of the
+#: history age, it publishes nothing and returns that publish's position.
 PUBLISH = Script("publish", _ENSURE_EPOCH + """
+if KEYS[6] then
+  local first = redis.call('GET', KEYS[6])
+  if first then return {epoch, first} end
+end
 local pos = redis.call('INCR', KEYS[2])
+if KEYS[6] then redis.call('SET', KEYS[6], pos, 'PX', ARGV[8]) end
 local payload = string.sub(ARGV[5], 1, -2) .. ',"pos":' .. pos .. '}'
 local stream = ARGV[3]
 local maxlen = tonumber(ARGV[7])

@@ -27,7 +27,7 @@ from appserver._core.client import Client
 from appserver._server.coroutines import as_deferred, is_async
 from appserver._core.envelope import Envelope, ProtocolError, error_payload
 from appserver._core.tracker import ClientTracker
-from appserver._core.names import validate_channel_name, validate_room_name
+from appserver._core.names import validate_channel_name, validate_idempotency_key, validate_room_name
 
 __all__ = ["Dispatcher", "RATE_LIMIT_CLOSE_CODE", "RATE_LIMIT_CLOSE_AFTER"]
 
@@ -196,9 +196,10 @@ class Dispatcher:
     def _publish(self, client: Client, envelope: Envelope) -> None:
         data = _require_object(envelope.data, "channel")
         channel = validate_channel_name(data["channel"])
+        idempotency_key = validate_idempotency_key(data.get("idempotency_key"))
         if not self.app.may_publish(client, channel, data.get("data")):
             raise ProtocolError("forbidden", f"clients may not publish on {channel!r}")
-        self.tracker.publish(channel, data.get("data"))
+        self.tracker.publish(channel, data.get("data"), idempotency_key=idempotency_key)
         if envelope.id is not None:
             self._reply(client, envelope, None)
 

@@ -23,7 +23,7 @@ from appserver._core.envelope import ProtocolError, parse_envelope, parse_json, 
 from appserver._web.jsonweb import JSONErrorPage, JSONResource, Rendered, jsonp_callback, query_arg
 from appserver._server.admission import Refused, Ticket, Visitor
 from appserver._web.longpoll import AjaxSession
-from appserver._core.names import validate_channel_name, validate_room_name
+from appserver._core.names import validate_channel_name, validate_idempotency_key, validate_room_name
 from appserver._server.proxies import HeaderReader, TrustedProxies, is_local
 
 if TYPE_CHECKING:
@@ -351,9 +351,10 @@ class Publish(JSONResource):
         key = body.get("key")
         if key is not None and not isinstance(key, (str, int)):
             raise HTTPError(400, "bad_data", '"key" must be a string or an integer')
+        idempotency_key = _idempotency_key(request, body)
         tracker = self.runtime.tracker
         # Subscribers on every node (docs/scaling.md: the others' as of their last heartbeat).
-        return tracker.publish(channel, body.get("data"), key=key).addCallback(
+        return tracker.publish(channel, body.get("data"), key=key, idempotency_key=idempotency_key).addCallback(
             lambda published: tracker.channel_subscribers(channel).addCallback(lambda subscribers: {
                 "ok": True, "pos": published.pos, "subscribers": subscribers}))
 
@@ -372,6 +373,27 @@ class Publish(JSONResource):
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="appserver"')
             raise HTTPError(401, "unauthorized", "send Authorization: Bearer <publish token>")
+
+
+def _idempotency_key(request: Request, body: dict[str, Any]) -> str | None:
+    """
+    The idempotency key of a C{POST /publish}: the body's
+    C{"idempotency_key"} or the C{Idempotency-Key} header (the same when
+    both are given).
+
+    @raise HTTPError: 400 C{bad_data} for a bad key, or two different ones.
+    """
+    header = request.getHeader(b"idempotency-key")
+    try:
+        given = validate_idempotency_key(body.get("idempotency_key"))
+        from_header = None if header is None else validate_idempotency_key(header.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HTTPError(400, "bad_data", "the Idempotency-Key header is not UTF-8") from None
+    except ProtocolError as error:
+        raise HTTPError(400, error.code, error.message) from None
+    if given is not None and from_header is not None and given != from_header:
+        raise HTTPError(400, "bad_data", "the Idempotency-Key header and the body's idempotency_key differ")
+    return given if given is not None else from_header
 
 
 class AppRoute(JSONResource):
