@@ -256,6 +256,25 @@ def test_publish_from_loopback_without_token_reaches_subscribers(ajax):
                                                             "data": {"x": 1}, "pos": body["pos"]}
 
 
+def test_a_web_page_cannot_publish_without_a_token(ajax):
+    # Any site, open in a browser on the server's machine, can send a
+    # simple cross-origin POST (text/plain, no preflight) from loopback.
+    session = ajax.connect()
+    ajax.send(session, {"type": "subscribe", "data": {"channel": "news"}})
+    for origin in ("http://evil.example", "http://127.0.0.1:9000"):
+        answer = ajax.call("POST", "/publish", body=b'{"channel": "news", "data": "forged"}',
+                           headers={"Origin": origin, "Content-Type": "text/plain"})
+        assert answer.status == 403 and answer.json()["error"]["code"] in ("forbidden", "origin_refused"), origin
+    assert all(m.get("data") != "forged" for m in ajax.poll(session, 0).json()["messages"])
+
+
+def test_a_page_from_a_refused_origin_cannot_publish_even_with_the_token():
+    ajax = AjaxStub(make_runtime(publish_token="s3cret"))
+    answer = ajax.call("POST", "/publish", body=b'{"channel": "news", "data": 1}',
+                       headers={"Authorization": "Bearer s3cret", "Origin": "http://evil.example"})
+    assert error(answer, 403) == "origin_refused"
+
+
 def test_publish_with_a_token_needs_the_bearer_header():
     ajax = AjaxStub(make_runtime(publish_token="s3cret"))
     body = b'{"channel": "news", "data": 1}'

@@ -240,11 +240,11 @@ class Recovery:
         if since <= node.stream.position:
             complete, missed = node.stream.missed_since(since, channels, connected_at)
             if complete:
-                policy = node.limits.default_policy
-                for message in missed:
-                    client.deliver(message, policy)
-                node.events.recovery(client, True)
-                return defer.succeed(True)
+                # Through the client's own replay, as on one node: bounded
+                # by its queue (a WebSocket takes any length as it reads).
+                recovered = client.replay(missed, node.limits.default_policy)
+                node.events.recovery(client, recovered)
+                return defer.succeed(recovered)
         # This node's histories do not reach back to `since`: read Redis's.
         # Meanwhile the client gets no live message of these channels (it
         # would arrive before older ones); it rejoins them when the replay
@@ -269,12 +269,11 @@ class Recovery:
             return False
         _, local = node.stream.missed_since(since, streams[1:], connected_at)
         missed = merge_missed((message for _, message in read.messages), local)
-        policy = node.limits.default_policy
+        recovered = read.complete
         if not client.closed:
-            for message in missed:
-                client.deliver(message, policy)
-        node.events.recovery(client, read.complete)
-        return read.complete
+            recovered = client.replay(list(missed), node.limits.default_policy) and recovered
+        node.events.recovery(client, recovered)
+        return recovered
 
     def _replay_failed(self, failure: Failure, client: "Client", epoch: Any, since: int,
                        channels: list[str], connected_at: int) -> bool:

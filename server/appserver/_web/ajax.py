@@ -29,7 +29,7 @@ from appserver._server.proxies import HeaderReader, TrustedProxies, is_local
 if TYPE_CHECKING:
     from appserver._server.runtime import Runtime
 
-__all__ = ["AjaxRoot", "AppRoute", "ClientCount", "Connect", "Disconnect", "Poll", "Publish", "Send"]
+__all__ = ["AjaxRoot", "AppRoute", "ClientCount", "Connect", "Disconnect", "Poll", "Publish", "Send", "visitor_from_request"]
 
 
 def _peer(request: Request) -> str:
@@ -196,7 +196,7 @@ class Connect(JSONResource):
             # As for /send and /disconnect: a plain GET (an <img>, a prefetch) opens nothing.
             request.setHeader(b"Allow", b"POST, OPTIONS")
             raise HTTPError(405, "method_not_allowed", "use POST, or GET with callback= for JSONP")
-        admitting = self.runtime.admission.admit(_visitor(request, self.runtime.proxies))
+        admitting = self.runtime.admission.admit(visitor_from_request(request, self.runtime.proxies))
         return admitting.addCallbacks(self._open, _refused)
 
     def _open(self, ticket: Ticket) -> dict[str, Any]:
@@ -206,7 +206,7 @@ class Connect(JSONResource):
                 "epoch": runtime.tracker.epoch, "position": 0}
 
 
-def _visitor(request: Request, proxies: TrustedProxies, transport: str = "ajax") -> Visitor:
+def visitor_from_request(request: Request, proxies: TrustedProxies, transport: str = "ajax") -> Visitor:
     """
     A request that opens an Ajax session (or, with C{transport="sse"}, an
     event stream), as admission sees it: its address is the client's,
@@ -338,6 +338,9 @@ class Publish(JSONResource):
     """
 
     methods = (b"POST",)
+    # A page from an origin that may not use this server is refused (403)
+    # before anything else, token or not.
+    check_origin = True
 
     def handle(self, request: Request) -> Deferred[dict[str, Any]]:
         self._authorize(request)
@@ -367,6 +370,12 @@ class Publish(JSONResource):
                 # says it was forwarded came from elsewhere.
                 raise HTTPError(403, "forbidden", "publishing from other hosts, or through a proxy, needs "
                                                   "--publish-token")
+            if request.getHeader(b"origin") is not None:
+                # A web page (any site, in a browser on this machine) can
+                # send a simple cross-origin POST without a preflight; local
+                # programs send no Origin. Pages publish through a client's
+                # publish (allow_publish rules) or with the token.
+                raise HTTPError(403, "forbidden", "publishing from a web page needs --publish-token")
             return
         header = (request.getHeader(b"authorization") or b"").decode("latin-1")
         scheme, _, given = header.partition(" ")

@@ -42,7 +42,7 @@ from appserver._core.outbound import DISCONNECT
 from appserver._server.admission import Refused, Ticket
 from appserver._server.app import HTTPError
 from appserver._server.service import RECONNECT_SPREAD_MS
-from appserver._web.ajax import _visitor
+from appserver._web.ajax import visitor_from_request
 from appserver._web.jsonweb import JSONResource, Rendered, query_arg, set_cors
 from appserver._web.writes import Backpressure, WriteCoalescer, has_backlog, send_now
 
@@ -414,7 +414,7 @@ class Events(JSONResource):
         if request.method == b"HEAD":
             start_response(request, self.runtime)
             return Rendered(b"")
-        admitting = self.runtime.admission.admit(_visitor(request, self.runtime.proxies, "sse"))
+        admitting = self.runtime.admission.admit(visitor_from_request(request, self.runtime.proxies, "sse"))
         # The client left while the application decided: give the place back.
         request.notifyFinish().addErrback(lambda _: admitting.cancel())
         admitting.addCallbacks(lambda ticket: self._admitted(ticket, request, channels, resume),
