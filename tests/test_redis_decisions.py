@@ -255,3 +255,32 @@ def test_missed_messages_merge_once_each_in_order_this_nodes_copy_winning() -> N
     remote = [Outgoing(b"r7", 7), Outgoing(b"r9", 9)]
     local = [Outgoing(b"l8", 8), Outgoing(b"l9", 9), Outgoing(b"unpositioned", None)]
     assert [message.payload for message in merge_missed(remote, local)] == [b"r7", b"l8", b"l9"]
+
+
+def test_a_routed_request_carries_the_session_digest_never_the_secret():
+    import io
+
+    from twisted.internet import defer, task
+    from twisted.web.resource import Resource
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from appserver._core.client import session_digest
+    from appserver._redis.routing import SessionRouter
+
+    sent: list[bytes] = []
+    router = SessionRouter("a", lambda node, message: sent.append(message) or True,
+                           lambda node: defer.succeed(True), task.Clock(), 25.0)
+    secret = "b.S3cr3t-value-nobody-else-knows"
+    request = DummyRequest([b"poll"])
+    request.prepath = [b"poll"]
+    request.content = io.BytesIO(b"")
+    request.args = {b"session": [secret.encode()], b"callback": [b"cb"], b"since": [b"0"]}
+    request.requestHeaders.setRawHeaders(b"X-AppServer-Session", [secret.encode()])
+    request.requestHeaders.setRawHeaders(b"Cookie", [b"sid=private"])
+    request.requestHeaders.setRawHeaders(b"Authorization", [b"Bearer private"])
+    router.forward("b", Resource(), request, secret)
+    assert len(sent) == 1
+    message = orjson.loads(sent[0])
+    assert secret.encode() not in sent[0] and b"private" not in sent[0]
+    assert bytes.fromhex(message["session_digest"]) == session_digest(secret)
+    assert message["args"] == {"callback": ["cb"], "since": ["0"]}

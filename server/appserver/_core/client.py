@@ -9,6 +9,7 @@ queue and the same overflow policies.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Any
 
@@ -18,7 +19,7 @@ from appserver._core.events import TrackerEvents
 from appserver._core.outbound import DISCONNECT, OutboundQueue, Overflow
 
 
-__all__ = ["Client", "new_client_id", "SLOW_CONSUMER_CLOSE_CODE"]
+__all__ = ["Client", "new_client_id", "SLOW_CONSUMER_CLOSE_CODE", "session_digest"]
 
 #: WebSocket close code (and Ajax error) for a client whose queue overflowed
 #: on a channel with the C{disconnect} policy.
@@ -36,6 +37,14 @@ def new_client_id() -> str:
     credential.
     """
     return secrets.token_urlsafe(18)
+
+
+def session_digest(secret: str) -> bytes:
+    """
+    What the server keeps of a session secret, and all that crosses the
+    backplane: its SHA-256.
+    """
+    return hashlib.sha256(secret.encode("utf-8")).digest()
 
 
 def new_session_secret() -> str:

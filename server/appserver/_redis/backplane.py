@@ -416,4 +416,4 @@ class RedisBackplane:
         home = session_home(session_id)
         if home is None or home == self.node_id or self.connections.commands is None:
             return None
-        return self.router.forward(home, resource, request)
+        return self.router.forward(home, resource, request, session_id)

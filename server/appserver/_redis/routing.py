@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
-from appserver._core.client import new_session_secret
+from appserver._core.client import new_session_secret, session_digest
 from appserver._redis.keys import NODE_ID_PATTERN
 
 if TYPE_CHECKING:
@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from twisted.web.server import Request
 
 __all__ = ["SessionRouter", "RoutedRequest", "home_session_secret", "session_home"]
+
+#: Request headers a routed request leaves behind: they carry credentials
+#: (the session secret, cookies, authorization) that Redis must not see.
+_HEADERS_KEPT_HERE = frozenset({b"x-appserver-session", b"cookie", b"authorization"})
 
 _log = Logger(namespace="appserver.redis")
 
@@ -89,7 +93,10 @@ class RoutedRequest:
 
     def __init__(self, method: bytes, path: bytes, args: dict[bytes, list[bytes]],
                  headers: dict[bytes, bytes], body: bytes, too_large: bool, peer: str,
-                 done: Any) -> None:
+                 done: Any, session_digest: bytes = b"") -> None:
+        #: The SHA-256 of the session secret the request presented (the
+        #: secret itself stays on the node that received it).
+        self.session_digest = session_digest
         self.method = method
         self.path = self.uri = path
         self.args = args
@@ -198,7 +205,7 @@ class SessionRouter:
 
     # The receiving node ----------------------------------------------------
 
-    def forward(self, home: str, resource: Any, request: "Request") -> int:
+    def forward(self, home: str, resource: Any, request: "Request", secret: str) -> int:
         """
         Carry C{request} to the session's C{home} node; answer it when the
         home answers, or with C{unknown_session} when the home is gone.
@@ -218,7 +225,7 @@ class SessionRouter:
                 self._answer_error(resource, request, 410, "unknown_session",
                                    "this session's node is gone: call /connect again, then resume")
                 return
-            self._send(home, resource, request)
+            self._send(home, resource, request, secret)
 
         def failed(failure: Failure) -> None:
             if not lost:
@@ -228,17 +235,22 @@ class SessionRouter:
         self.is_live(home).addCallbacks(decided, failed)
         return NOT_DONE_YET
 
-    def _send(self, home: str, resource: Any, request: "Request") -> None:
+    def _send(self, home: str, resource: Any, request: "Request", secret: str) -> None:
         request_id = next(self._ids)
         name = request.prepath[-1] if request.prepath else b""
         body = request.content.read() if request.content is not None else b""
         address = request.getClientAddress()
+        # Redis carries no credential in clear: the session goes as the
+        # digest its home keeps, and the headers that carry secrets stay here.
         message = orjson.dumps({
             "op": "request", "id": request_id, "from": self.node_id,
             "path": _latin1(name), "method": _latin1(request.method),
-            "args": {_latin1(k): [_latin1(v) for v in values] for k, values in request.args.items()},
+            "args": {_latin1(k): [_latin1(v) for v in values] for k, values in request.args.items()
+                     if k != b"session"},
             "headers": {_latin1(k).lower(): _latin1(b",".join(v))
-                        for k, v in request.requestHeaders.getAllRawHeaders()},
+                        for k, v in request.requestHeaders.getAllRawHeaders()
+                        if k.lower() not in _HEADERS_KEPT_HERE},
+            "session_digest": session_digest(secret).hex(),
             "body": _latin1(body),
             "too_large": bool(getattr(request, "too_large", False)),
             "peer": f"tcp:{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}",
@@ -343,7 +355,8 @@ class SessionRouter:
             message["method"].encode("latin-1"), b"/" + message["path"].encode("latin-1"),
             {k.encode("latin-1"): [v.encode("latin-1") for v in values] for k, values in message["args"].items()},
             {k.encode("latin-1"): v.encode("latin-1") for k, v in message["headers"].items()},
-            message["body"].encode("latin-1"), message["too_large"], message.get("peer", "?"), done)
+            message["body"].encode("latin-1"), message["too_large"], message.get("peer", "?"), done,
+            bytes.fromhex(message.get("session_digest", "")))
         if resource is None:
             request.setResponseCode(404)
             request.write(b'{"error":{"code":"not_found","message":"no such endpoint"}}')

@@ -164,6 +164,15 @@ class _SessionResource(JSONResource):
 
         @raise HTTPError: 400 C{missing_session}, 410 C{unknown_session}.
         """
+        # A request another node routed here carries the secret's digest,
+        # never the secret (appserver._redis.routing.RoutedRequest).
+        routed_digest: bytes = getattr(request, "session_digest", b"")
+        if routed_digest:
+            found = self.runtime.sessions.find_digest(routed_digest)
+            if found is None:
+                raise HTTPError(410, "unknown_session",
+                                "this session expired or never existed: call /connect again, then resume")
+            return found
         secret = _session_secret(request)
         if not secret:
             if jsonp_callback(request) is None:

@@ -11,7 +11,6 @@ nothing is lost or duplicated between polls.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -19,7 +18,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from appserver._core.client import Client
+from appserver._core.client import Client, session_digest
 from appserver._core.envelope import Outgoing, encode
 from appserver._web.jsonweb import RawJSON, write_json
 from appserver._core.outbound import OutboundQueue
@@ -219,10 +218,6 @@ class AjaxSession(Client):
         self._clear_waiting()
 
 
-def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode("utf-8")).digest()
-
-
 class SessionRegistry:
     """
     The session secrets of one server and the Ajax sessions, by id.
@@ -266,7 +261,7 @@ class SessionRegistry:
             only (docs/protocol.md).
         """
         secret = self.runtime.tracker.backplane.new_session_secret()
-        digest = _digest(secret)
+        digest = session_digest(secret)
         self._by_secret[digest] = client
         self._digests[client] = digest
         return secret
@@ -303,7 +298,13 @@ class SessionRegistry:
         C{None}: an unknown or expired secret, or anything else (a client
         id included).
         """
-        digest = _digest(secret)
+        return self.find_digest(session_digest(secret))
+
+    def find_digest(self, digest: bytes) -> Client | None:
+        """
+        L{find} by the secret's digest: what a request routed from another
+        node carries (the secret itself never crosses the backplane).
+        """
         client = self._by_secret.get(digest)
         if client is None or not hmac.compare_digest(self._digests.get(client, b""), digest):
             return None
