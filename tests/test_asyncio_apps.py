@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 import treq
 
-from support.servers import LOOPBACK, ServerProcess
+from support.servers import LOOPBACK, ServerProcess, wait_for_log
 from twisted.logger import capturedLogs
 
 from appserver import App
@@ -62,16 +62,6 @@ def start_server(tmp_path):
     yield start
     for process in started:
         process.stop()
-
-
-def wait_for_log(process: ServerProcess, text: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = process.log()
-        if text in log:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not in the log within {timeout}s:\n{process.log()}")
 
 
 async def logged(process: ServerProcess, text: str, reactor, timeout: float = 10.0) -> str:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import re
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
 from support.browser import browser, new_page  # noqa: F401  (fixtures)
-from support.servers import LOOPBACK, ServerProcess, fixed_ports, free_ports
+from support.servers import LOOPBACK, ServerProcess, fixed_ports, free_ports, wait_for_log
 
 pytestmark = pytest.mark.browser
 
@@ -65,7 +64,7 @@ def test_a_post_survives_a_restart_of_the_server(start_command, new_page, tmp_pa
            "XDG_DATA_HOME": str(tmp_path / "xdg")}
     sites = fixed_ports(free_ports(3))
     first = start_command(*sites, *GALLERY, env=env)
-    assert "message board: posts kept in SQLite at" in wait_for(first, "posts kept in SQLite")
+    assert "message board: posts kept in SQLite at" in wait_for_log(first, "posts kept in SQLite")
 
     page = open_board(new_page, first)
     expect(page.locator("#board-status")).to_contain_text("empty")
@@ -121,11 +120,3 @@ def test_on_another_reactor_the_page_says_the_board_is_in_memory(server_process,
     assert not Path(tmp_path / "unused.sqlite3").exists()
 
 
-def wait_for(process: ServerProcess, text: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = process.log()
-        if text in log:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not in the log within {timeout}s:\n{process.log()}")

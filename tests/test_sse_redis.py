@@ -18,16 +18,9 @@ import pytest
 import pytest_twisted
 import treq
 
-from support.redis import redis_server_path
 from support.sseclient import StreamClient, open_stream, stream_url
-from test_redis_cluster import WS, cluster, counts, eventually, nginx, publish, redis  # noqa: F401  (fixtures)
+from test_redis_cluster import WS, cluster, counts, eventually, nginx, publish, pytestmark, redis  # noqa: F401  (fixtures, marks)
 
-pytestmark = [
-    pytest.mark.redis,
-    pytest.mark.slow,
-    pytest.mark.skipif(redis_server_path() is None,
-                       reason="redis-server is not installed (apt-get install redis-server; .ci/run does)"),
-]
 
 HEADER = "X-AppServer-Session"
 

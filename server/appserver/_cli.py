@@ -118,9 +118,8 @@ def run(arguments: list[str], reactor: Any = None) -> int:
 
     @return: the exit status.
     """
-    directory = os.getcwd()
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
+    # The current directory goes on sys.path when the options load --app
+    # (appserver.tap.Options.postOptions, the same for twistd).
     if reactor is None and not any(argument in ("--help", "-h", "--version") for argument in arguments):
         name = _reactor_named(arguments)
         if name in REACTORS:

@@ -183,3 +183,17 @@ def fixed_ports(ports: list[int]) -> list[str]:
     static, ajax, ws = ports
     return ["--static", f"tcp:{static}:interface=127.0.0.1", "--ajax", f"tcp:{ajax}:interface=127.0.0.1",
             "--ws", f"tcp:{ws}:interface=127.0.0.1"]
+
+
+def wait_for_log(process: ServerProcess, text: str, timeout: float = 10.0) -> str:
+    """
+    Block until C{text} is in the server's log (for tests that drive no
+    reactor meanwhile); return the log.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = process.log()
+        if text in log:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the log within {timeout}s:\n{process.log()}")

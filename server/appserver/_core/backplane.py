@@ -92,8 +92,8 @@ class ILocalNode(Interface):
 
     def count_by_transport() -> dict[str, int]:
         """
-        This node's clients per transport (always with C{websocket} and
-        C{ajax}).
+        This node's clients per transport (always with C{websocket},
+        C{ajax} and C{sse}).
         """
 
     def local_room_members(room: str) -> list[str]:
@@ -212,7 +212,7 @@ class IBackplane(Interface):
     def cluster_counts() -> "Deferred[dict[str, int]]":
         """
         Clients per transport over every live node (always with the keys
-        C{websocket} and C{ajax}); with a C{nodes} key when clustered.
+        C{websocket}, C{ajax} and C{sse}); with a C{nodes} key when clustered.
         """
 
     def room_members(room: str) -> "Deferred[list[str]]":

@@ -401,10 +401,10 @@ class ClientTracker:
         if room not in client.rooms and len(client.rooms) >= self.limits.max_rooms_per_client:
             raise ProtocolError("limit", f"at most {self.limits.max_rooms_per_client} rooms per client; "
                                          "leave one first")
-        members = self.rooms.setdefault(room, {})
         if room in client.rooms:
+            # A rename: leave under the old name (which may empty the room) first.
             self.leave_room(client, room)
-            members = self.rooms.setdefault(room, {})
+        members = self.rooms.setdefault(room, {})
         members[client] = username
         client.rooms[room] = username
         self.backplane.presence_changed(room)

@@ -50,7 +50,7 @@ from appserver._redis.connection import ConnectionCallbacks, RedisConnections
 from appserver._redis.keys import NODE_ID_PATTERN, KeySpace, check_node_id, default_node_id
 from appserver._redis.location import RedisLocation, parse_redis_url
 from appserver._redis.presence import Presence
-from appserver._redis.replay import Recovery
+from appserver._redis.replay import FOLLOW, Recovery, after_reconnect
 from appserver._redis.routing import SessionRouter, home_session_secret, session_home
 from appserver._redis.startup import blocking_init
 
@@ -147,7 +147,7 @@ class RedisBackplane:
         node = self._node()
         epoch, position, _floor = blocking_init(self.location, self.keys, node.stream.epoch,
                                                 scripts.proposed_start(node.stream.position))
-        if epoch != node.stream.epoch or position < node.stream.position:
+        if after_reconnect(node.stream.epoch, node.stream.position, epoch, position) == FOLLOW:
             node.stream.resynchronise(epoch, position)
         _log.info("node {node} joined the Redis backplane at {location} (epoch {epoch}, position {position})",
                   node=self.node_id, location=str(self.location), epoch=epoch, position=node.stream.position)

@@ -85,7 +85,7 @@ def blocking_init(location: RedisLocation, keys: KeySpace, epoch: str, start: in
                                                  epoch, start)
     except BackplaneUnavailable:
         raise
-    except (OSError, ConnectionError) as error:
+    except OSError as error:
         raise BackplaneUnavailable(
             f"cannot reach the Redis backplane at {location}: {error}. Start redis-server there, "
             f"or fix --backplane (or use --backplane memory:// for a single node)") from None

@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 if TYPE_CHECKING:
     from appserver._core.client import Client
     from appserver._server.runtime import Runtime
 
-__all__ = ["Admission", "Refused", "Ticket", "Visitor"]
+__all__ = ["Admission", "Refused", "Ticket", "Visitor", "refused_from"]
 
 
 class Refused(Exception):
@@ -52,6 +53,17 @@ class Refused(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+def refused_from(failure: Failure) -> Refused:
+    """
+    The L{Refused} a failed admission carries; any other failure goes on
+    (re-raised), as C{Failure.trap} does.
+    """
+    failure.trap(Refused)
+    refused = failure.value
+    assert isinstance(refused, Refused)  # trap() re-raised anything else
+    return refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +201,7 @@ class Admission:
         ticket.visitor = replace(ticket.visitor, query=_NOTHING, headers=_NOTHING, cookies=_NOTHING)
         _log_for(client.transport).info(
             "{label} open {client_id} peer={peer} origin={origin} transport={transport}",
-            label=_LABELS.get(ticket.visitor.transport, ticket.visitor.transport), client_id=client.client_id,
+            label=_label(ticket.visitor), client_id=client.client_id,
             peer=client.peer, origin=client.origin, transport=client.transport)
         if welcome:
             runtime.tracker.welcome(client, welcome_extra)
@@ -211,7 +223,7 @@ class Admission:
         tracker.events.closed(client, code)
         _log_for(client.transport).info(
             "{label} closed {client_id} peer={peer} origin={origin} transport={transport} code={code}",
-            label=_LABELS.get(ticket.visitor.transport, ticket.visitor.transport), client_id=client.client_id,
+            label=_label(ticket.visitor), client_id=client.client_id,
             peer=client.peer, origin=client.origin, transport=client.transport, code=code)
 
 

@@ -200,21 +200,18 @@ class Dispatcher:
         if not self.app.may_publish(client, channel, data.get("data")):
             raise ProtocolError("forbidden", f"clients may not publish on {channel!r}")
         self.tracker.publish(channel, data.get("data"), idempotency_key=idempotency_key)
-        if envelope.id is not None:
-            self._reply(client, envelope, None)
+        self._reply(client, envelope, None)
 
     def _join(self, client: Client, envelope: Envelope) -> None:
         data = _require_object(envelope.data, "room", "username")
         self.tracker.join_room(client, validate_room_name(data["room"]), data["username"])
-        if envelope.id is not None:
-            self._reply(client, envelope, None)
+        self._reply(client, envelope, None)
 
     def _leave(self, client: Client, envelope: Envelope) -> None:
         room = validate_room_name(_require_object(envelope.data, "room")["room"])
         if not self.tracker.leave_room(client, room):
             raise ProtocolError("bad_data", f"not a member of room {room!r}")
-        if envelope.id is not None:
-            self._reply(client, envelope, None)
+        self._reply(client, envelope, None)
 
     def _members(self, client: Client, envelope: Envelope) -> None:
         room = validate_room_name(_require_object(envelope.data, "room")["room"])

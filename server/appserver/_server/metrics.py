@@ -93,7 +93,6 @@ class MetricsEvents(TrackerEvents):
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.clock = clock
         self.known_types = frozenset(known_types) | BUILTIN_MESSAGE_TYPES
-        self._runtime: Runtime | None = None
         if process_metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
@@ -179,7 +178,6 @@ class MetricsEvents(TrackerEvents):
         Read the values only the runtime knows, use the tracker's clock (the
         one that stamps L{Outgoing.created}) and become C{runtime.metrics}.
         """
-        self._runtime = runtime
         self.clock = runtime.tracker.clock
         self.known_types = self.known_types | frozenset(runtime.app.handlers)
         self.sessions.set_function(lambda: len(runtime.sessions) if runtime.sessions is not None else 0)

@@ -85,13 +85,6 @@ def with_default_backlog(description: str) -> str:
     return description
 
 
-def _startup_hook_failed(failure: Failure, hook: Callable[..., Any]) -> None:
-    """
-    Log a startup hook's failure; the server starts anyway.
-    """
-    _log.failure("startup hook {hook} failed", failure, hook=getattr(hook, "__name__", hook))
-
-
 class _DrainingSite(Protocol):
     """
     What the graceful shutdown asks of a site (L{appserver._web.site.LoggingSite}).
@@ -248,9 +241,12 @@ class AppServerService(MultiService):
             self._keep(started).addErrback(self._startup_hook_failed, hook)
 
     def _startup_hook_failed(self, failure: Failure, hook: Callable[..., Any]) -> None:
+        """
+        Log a startup hook's failure; the server starts anyway.
+        """
         if self._stopping and failure.check(defer.CancelledError, asyncio.CancelledError):
             return  # still running at shutdown, and cancelled
-        _startup_hook_failed(failure, hook)
+        _log.failure("startup hook {hook} failed", failure, hook=getattr(hook, "__name__", hook))
 
     def _keep(self, running: defer.Deferred[Any]) -> defer.Deferred[Any]:
         """

@@ -21,7 +21,7 @@ from appserver._server.coroutines import as_deferred, is_async
 from appserver._core.client import Client
 from appserver._core.envelope import ProtocolError, parse_envelope, parse_json, validate_envelope
 from appserver._web.jsonweb import JSONErrorPage, JSONResource, Rendered, jsonp_callback, query_arg
-from appserver._server.admission import Refused, Ticket, Visitor
+from appserver._server.admission import Ticket, Visitor, refused_from
 from appserver._web.longpoll import AjaxSession
 from appserver._core.names import validate_channel_name, validate_idempotency_key, validate_room_name
 from appserver._server.proxies import HeaderReader, TrustedProxies, is_local
@@ -237,9 +237,7 @@ def visitor_from_request(request: Request, proxies: TrustedProxies, transport: s
 
 
 def _refused(failure: Failure) -> None:
-    failure.trap(Refused)
-    refused = failure.value
-    assert isinstance(refused, Refused)  # trap() re-raised anything else
+    refused = refused_from(failure)
     raise HTTPError(refused.status, refused.code, refused.message)
 
 

@@ -39,7 +39,7 @@ from appserver._core.client import SLOW_CONSUMER_CLOSE_CODE, Client
 from appserver._core.envelope import Outgoing, ProtocolError, encode
 from appserver._core.names import validate_channel_name
 from appserver._core.outbound import DISCONNECT
-from appserver._server.admission import Refused, Ticket
+from appserver._server.admission import Ticket, refused_from
 from appserver._server.app import HTTPError
 from appserver._server.service import RECONNECT_SPREAD_MS
 from appserver._web.ajax import visitor_from_request
@@ -454,9 +454,7 @@ class Events(JSONResource):
     def _refused(self, failure: Failure, request: Request) -> None:
         if failure.check(CancelledError) or request._disconnected:
             return
-        failure.trap(Refused)
-        refused = failure.value
-        assert isinstance(refused, Refused)  # trap() re-raised anything else
+        refused = refused_from(failure)
         if refused.status == 503:
             # A browser's EventSource gives up for good on an error status:
             # for a refusal that passes (a shutdown, the limits), a stream

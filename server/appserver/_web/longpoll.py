@@ -21,7 +21,7 @@ from twisted.web.server import Request
 from appserver._core.client import Client, session_digest
 from appserver._core.envelope import Outgoing, encode
 from appserver._web.jsonweb import RawJSON, write_json
-from appserver._core.outbound import OutboundQueue
+from appserver._core.outbound import DISCONNECT, OutboundQueue
 from appserver._server.admission import Ticket
 from appserver._web.writes import EndOfTurn
 
@@ -61,7 +61,7 @@ class AjaxSession(Client):
 
     # Delivery -------------------------------------------------------------
 
-    def deliver(self, message: Outgoing, policy: str = "disconnect") -> None:
+    def deliver(self, message: Outgoing, policy: str = DISCONNECT) -> None:
         if self.closed:
             return
         self._enqueue(message, policy)
@@ -148,8 +148,7 @@ class AjaxSession(Client):
         polling from it loses nothing.
         """
         queue = self.queue
-        if queue is None:
-            return 0
+        assert queue is not None  # made by __init__
         pending = queue.pending(1)
         return pending[0][0] - 1 if pending else queue.last_seq
 

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appserver._core.client import Client
-from appserver._server.admission import Refused, Ticket, Visitor
+from appserver._server.admission import Ticket, Visitor, refused_from
 from appserver._server.coroutines import as_deferred, is_async
 from appserver._core.outbound import DISCONNECT
 from appserver._core.envelope import Outgoing, ProtocolError, error_payload, parse_envelope
@@ -200,7 +200,7 @@ class RawClient(WebSocketClient):
 
     __slots__ = ()
 
-    def deliver(self, message: Outgoing, policy: str = "disconnect") -> None:
+    def deliver(self, message: Outgoing, policy: str = DISCONNECT) -> None:
         return None
 
 
@@ -251,9 +251,7 @@ class TrackedProtocol(WebSocketServerProtocol):
         if failure.check(CancelledError):
             # The peer left while the application decided: open nothing.
             raise ConnectionDeny(403, "connection lost during authentication")
-        failure.trap(Refused)
-        refused = failure.value
-        assert isinstance(refused, Refused)  # trap() re-raised anything else
+        refused = refused_from(failure)
         raise ConnectionDeny(refused.status, refused.message)
 
     def onOpen(self) -> None:
