@@ -351,6 +351,9 @@ class LevelResult:
     dropped: int
     stalled: int
     drained: bool
+    # The user/system split of server_cpu_s (None in --json files written before it was recorded).
+    server_user_s: float | None = None
+    server_system_s: float | None = None
 
     @property
     def msgs_per_s(self) -> float:
@@ -359,6 +362,20 @@ class LevelResult:
     @property
     def cpu_us_per_msg(self) -> float | None:
         return self.server_cpu_s / self.delivered * 1e6 if self.delivered else None
+
+    @property
+    def user_us_per_msg(self) -> float | None:
+        """Server user-mode CPU per delivered message: our Python/C code (issue 17: ≤ 2.5 µs)."""
+        if self.server_user_s is None or not self.delivered:
+            return None
+        return self.server_user_s / self.delivered * 1e6
+
+    @property
+    def system_us_per_msg(self) -> float | None:
+        """Server kernel-mode CPU per delivered message: mostly send()/epoll syscalls on its sockets."""
+        if self.server_system_s is None or not self.delivered:
+            return None
+        return self.server_system_s / self.delivered * 1e6
 
     @property
     def server_cpu_pct(self) -> float:
@@ -388,10 +405,10 @@ async def measure_level(server_pid: int, pool: WorkerPool, pub: Publisher, infli
     await asyncio.sleep(warmup)
     own0 = procstat.cpu_times(os.getpid()).total
     machine0 = procstat.machine_times()
-    cpu0, gen0, t0, done0 = procstat.cpu_times(server_pid).total, pool.cpu_seconds(), time.monotonic(), pub.completed
+    cpu0, gen0, t0, done0 = procstat.cpu_times(server_pid), pool.cpu_seconds(), time.monotonic(), pub.completed
     await pool.window(True)
     await asyncio.sleep(measure)
-    cpu1, gen1, t1, done1 = procstat.cpu_times(server_pid).total, pool.cpu_seconds(), time.monotonic(), pub.completed
+    cpu1, gen1, t1, done1 = procstat.cpu_times(server_pid), pool.cpu_seconds(), time.monotonic(), pub.completed
     own1 = procstat.cpu_times(os.getpid()).total
     machine1 = procstat.machine_times()
     await pool.window(False)
@@ -403,7 +420,7 @@ async def measure_level(server_pid: int, pool: WorkerPool, pub: Publisher, infli
         window_s=t1 - t0,
         delivered=stats["delivered"],
         broadcasts=done1 - done0,
-        server_cpu_s=cpu1 - cpu0,
+        server_cpu_s=cpu1.total - cpu0.total,
         loadgen_cpu_s=(gen1 - gen0) + (own1 - own0),
         machine_busy_s=machine1.busy - machine0.busy,
         softirq_s=machine1.softirq - machine0.softirq,
@@ -414,4 +431,6 @@ async def measure_level(server_pid: int, pool: WorkerPool, pub: Publisher, infli
         dropped=stats["dropped"],
         stalled=pub.stalled - stalled0,
         drained=drained,
+        server_user_s=cpu1.user - cpu0.user,
+        server_system_s=cpu1.system - cpu0.system,
     )

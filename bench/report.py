@@ -16,6 +16,8 @@ from typing import Any
 from loadgen import LevelResult
 
 NOISY_OTHER_CPU_PCT = 25.0
+#: Issue 17: server user CPU per delivery at most this many µs (one broadcast in flight).
+USER_US_TARGET = 2.5
 
 
 @dataclass
@@ -44,6 +46,7 @@ class GroupResult:
         out = asdict(self)
         out["levels"] = [
             dict(asdict(lv), msgs_per_s=lv.msgs_per_s, cpu_us_per_msg=lv.cpu_us_per_msg,
+                 user_us_per_msg=lv.user_us_per_msg, system_us_per_msg=lv.system_us_per_msg,
                  server_cpu_pct=lv.server_cpu_pct, loadgen_cpu_pct=lv.loadgen_cpu_pct,
                  other_cpu_pct=lv.other_cpu_pct)
             for lv in self.levels
@@ -62,6 +65,8 @@ class Cell:
     runs: int
     msgs_per_s: float
     cpu_us_per_msg: float | None
+    user_us_per_msg: float | None
+    system_us_per_msg: float | None
     server_cpu_pct: float
     loadgen_cpu_pct: float
     softirq_pct: float
@@ -115,6 +120,8 @@ def build_cells(groups: Sequence[GroupResult], references: Sequence[str]) -> lis
             server=server, transport=transport, clients=clients, inflight=inflight, runs=len(levels),
             msgs_per_s=_median(lv.msgs_per_s for lv in levels) or 0.0,
             cpu_us_per_msg=_median(lv.cpu_us_per_msg for lv in levels),
+            user_us_per_msg=_median(lv.user_us_per_msg for lv in levels),
+            system_us_per_msg=_median(lv.system_us_per_msg for lv in levels),
             server_cpu_pct=_median(lv.server_cpu_pct for lv in levels) or 0.0,
             loadgen_cpu_pct=_median(lv.loadgen_cpu_pct for lv in levels) or 0.0,
             softirq_pct=_median(100.0 * lv.softirq_s / lv.window_s for lv in levels if lv.window_s) or 0.0,
@@ -204,15 +211,18 @@ def render_markdown(groups: Sequence[GroupResult], servers: Sequence[str], refer
     ws_cells = sorted((c for c in cells if c.transport == "ws"),
                       key=lambda c: (c.clients, c.inflight, rank.get(c.server, 99)))
     refs_present = [r for r in references if any(c.server == r for c in ws_cells)]
-    lines += ["## WebSocket broadcast", ""]
-    cols = ["N clients", "in flight", "server", "msgs/s", "CPU µs/msg", "server CPU %", "loadgen CPU %",
+    lines += ["## WebSocket broadcast", "",
+              f"user / sys µs/msg: the server's user-mode and kernel-mode CPU per delivered message (their sum is "
+              f"CPU µs/msg, up to rounding of the medians); issue 17's target is user ≤ {USER_US_TARGET:g} µs "
+              f"at 1 in flight.", ""]
+    cols = ["N clients", "in flight", "server", "msgs/s", "CPU µs/msg", "user µs/msg", "sys µs/msg", "server CPU %", "loadgen CPU %",
             "softirq %", "other CPU %", "p50 ms", "p99 ms", "lost"] + [f"CPU ×{r}" for r in refs_present] + ["runs"]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "|".join("---" if i < 3 else "---:" for i in range(len(cols))) + "|")
     for c in ws_cells:
         lost = str(c.lost) + (f" (+{c.dropped} dropped conns)" if c.dropped else "")
         row = [str(c.clients), str(c.inflight), c.server, _fmt(c.msgs_per_s, 0), _fmt(c.cpu_us_per_msg, 2),
-               _fmt(c.server_cpu_pct, 0), _fmt(c.loadgen_cpu_pct, 0), _fmt(c.softirq_pct, 0),
+               _fmt(c.user_us_per_msg, 2), _fmt(c.system_us_per_msg, 2), _fmt(c.server_cpu_pct, 0), _fmt(c.loadgen_cpu_pct, 0), _fmt(c.softirq_pct, 0),
                _fmt(c.other_cpu_pct, 0), _ms(c.p50_us), _ms(c.p99_us), lost]
         row += [_ratio(c.ratios.get(r)) for r in refs_present]
         row.append(str(c.runs))

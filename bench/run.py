@@ -254,7 +254,8 @@ async def run_group(spec: ServerSpec, result: GroupResult, cfg: Settings, gate: 
                                             stalled=again.stalled + level.stalled)
             result.levels.append(level)
             log(f"  {spec.name:<10} {transport:<8} N={clients:<5} k={k:<3} {level.msgs_per_s:>10,.0f} msg/s "
-                f"{(level.cpu_us_per_msg or 0):7.2f} µs/msg  srv {level.server_cpu_pct:3.0f}%  "
+                f"{(level.cpu_us_per_msg or 0):7.2f} µs/msg (usr {(level.user_us_per_msg or 0):.2f} "
+                f"sys {(level.system_us_per_msg or 0):.2f})  srv {level.server_cpu_pct:3.0f}%  "
                 f"gen {level.loadgen_cpu_pct:3.0f}%  sirq {100 * level.softirq_s / level.window_s:3.0f}%  "
                 f"other {level.other_cpu_pct:3.0f}%  p99 {(level.p99_us or 0) / 1000:7.2f} ms  lost {level.lost}")
             if not server.alive():
