@@ -509,8 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     need = n + 2000
     soft, hard = raise_nofile(need)
     if soft < need:
-        print(f"RLIMIT_NOFILE is {soft} < {need}: the server needs one descriptor per connection. Run as root "
-              f"(the harness raises it) or `ulimit -n {need}` first; fs.nr_open must be ≥ {need}.", file=sys.stderr)
+        print(f"RLIMIT_NOFILE is {soft} < {need}: the server needs one descriptor per connection. Raising the "
+              f"hard limit needs CAP_SYS_RESOURCE (root outside a container that drops it): `ulimit -Hn {need}` "
+              f"before starting, fs.nr_open ≥ {need}. Here at most --connections {max(0, hard - 2000)} fits.",
+              file=sys.stderr)
         return 2
     somaxconn = read_int("/proc/sys/net/core/somaxconn")
     port_range = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
