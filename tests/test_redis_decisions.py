@@ -13,7 +13,7 @@ import pytest
 
 from appserver._core.envelope import Outgoing
 from appserver._redis.keys import KeySpace, check_node_id, default_node_id
-from appserver._redis.location import parse_redis_url
+from appserver._redis.location import TLSFiles, parse_redis_url
 from appserver._redis.presence import (DeadNode, decode_reaped, decode_view, leave_envelope, merge_members,
                                        room_field, sum_counts)
 from appserver._redis.replay import (CATCH_UP, FOLLOW, IN_STEP, after_reconnect, catch_up_streams, merge_missed,
@@ -44,13 +44,14 @@ def test_the_password_is_never_shown() -> None:
 @pytest.mark.parametrize("url, says", [
     ("redis://", "with a host, for example redis://127.0.0.1:6379/0"),
     ("http://h:6379/0", "expected redis://host:port/db, for example redis://127.0.0.1:6379/0"),
-    ("rediss://h:6379/0", "TLS is not supported"),
+    ("http://h:6379/0", "or rediss:// for TLS, redis+sentinel://sentinel:26379/primary-name/db"),
     ("redis://h:99999/0", "the port is a number from 1 to 65535, as in redis://h:6379/0"),
     ("redis://h:port/0", "the port is a number from 1 to 65535"),
     ("redis://h:0/0", "the port is a number from 1 to 65535"),
     ("redis://h:6379/zero", "database number (0 unless Redis has more), as in redis://h:6379/0"),
     ("redis://h:6379/-1", "database number"),
-    ("redis://h/0?colour=blue&size=2", "unknown parameter(s) colour, size (known: prefix, heartbeat, ttl)"),
+    ("redis://h/0?colour=blue&size=2", "unknown parameter(s) colour, size (known: prefix, heartbeat, ttl, replicas, "
+                                       "replica_timeout)"),
     ("redis://h/0?prefix=no spaces", "prefix must be 1 to 64 of A-Z a-z 0-9 _ . : -, as in ?prefix=chat"),
     ("redis://h/0?heartbeat=fast", "heartbeat and ttl are seconds, as in ?heartbeat=2&ttl=6"),
     ("redis://h/0?heartbeat=5&ttl=2", "need 0 < heartbeat < ttl (got heartbeat=5, ttl=2), as in ?heartbeat=2&ttl=6"),
@@ -62,6 +63,71 @@ def test_a_wrong_url_is_refused_with_what_to_write_instead(url: str, says: str) 
         parse_redis_url(url)
     assert str(raised.value).startswith(f"--backplane {url!r}: ")
     assert says in str(raised.value)
+
+
+def test_tls_verifies_against_the_system_authorities_unless_given_a_ca(tmp_path) -> None:
+    assert parse_redis_url("rediss://h:6380/0").tls == TLSFiles()
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "cert.pem", "key.pem"))
+    for path in (ca, cert, key):
+        path.write_text("PEM")
+    location = parse_redis_url(f"rediss://:pw@h:6380/1?ca={ca}&cert={cert}&key={key}")
+    assert location.tls == TLSFiles(str(ca), str(cert), str(key))
+    assert str(location) == "rediss://h:6380/1"
+    assert parse_redis_url("redis://h").tls is None
+
+
+def test_a_sentinel_url_names_the_sentinels_the_primary_and_the_database() -> None:
+    location = parse_redis_url("redis+sentinel://app:p%40ss@s1,S2:26380,[::1]:26381/main.0/2"
+                               "?sentinel_password=s%21&sentinel_username=watcher&prefix=chat")
+    assert location.sentinels == (("s1", 26379), ("s2", 26380), ("::1", 26381))
+    assert (location.primary_name, location.db, location.prefix) == ("main.0", 2, "chat")
+    assert (location.username, location.password) == ("app", "p@ss")
+    assert (location.sentinel_username, location.sentinel_password) == ("watcher", "s!")
+    assert location.tls is None
+    assert str(location) == "redis+sentinel://s1:26379,s2:26380,[::1]:26381/main.0/2"
+
+
+def test_a_sentinel_url_shows_no_password_of_either_kind() -> None:
+    location = parse_redis_url("rediss+sentinel://:secret1@s1/m?sentinel_password=secret2")
+    assert "secret" not in str(location) and "secret" not in repr(location)
+    assert str(location) == "rediss+sentinel://s1:26379/m/0"
+
+
+def test_publishes_wait_for_one_replica_with_sentinels_and_none_without() -> None:
+    assert parse_redis_url("redis+sentinel://s/m").replicas == 1
+    assert parse_redis_url("redis://h").replicas == 0
+    location = parse_redis_url("redis://h?replicas=2&replica_timeout=0.25")
+    assert (location.replicas, location.replica_timeout) == (2, 0.25)
+    assert parse_redis_url("redis+sentinel://s/m?replicas=0").replicas == 0
+
+
+@pytest.mark.parametrize("url, says", [
+    ("rediss://h/0?ca=/no/such/ca.pem", "?ca=/no/such/ca.pem: no readable file there; name a PEM file"),
+    ("redis://h/0?ca=/etc/hostname", "?ca need TLS: write rediss:// (or rediss+sentinel://) instead of redis://"),
+    ("rediss://h/0?cert=/etc/hostname", "needs both ?cert=/path/cert.pem and ?key=/path/key.pem"),
+    ("rediss://h/0?key=/etc/hostname", "needs both ?cert=/path/cert.pem and ?key=/path/key.pem"),
+    ("redis://h/0?sentinel_password=x", "are for Sentinels: write redis+sentinel://sentinel:26379/primary-name/db"),
+    ("redis+sentinel://s1:26379", "the path names the primary as the Sentinels know it"),
+    ("redis+sentinel://s1/my%20master/0", "then the database: redis+sentinel://s1/mymaster/0"),
+    ("redis+sentinel://s1/m/zero", "database number (0 unless Redis has more), as in redis+sentinel://s1/m/0"),
+    ("redis+sentinel://s1/m/0/1", "database number"),
+    ("redis+sentinel:///m/0", "each Sentinel is host[:port], separated by commas, as in redis+sentinel://"),
+    ("redis+sentinel://s1,,s2/m/0", "each Sentinel is host[:port]"),
+    ("redis+sentinel://s1:port/m", "bad Sentinel port 'port': a number from 1 to 65535, as in s1:26379"),
+    ("redis+sentinel://s1:70000/m", "bad Sentinel port '70000'"),
+    ("rediss+sentinel://s1/m?colour=red", "(known: prefix, heartbeat, ttl, replicas, replica_timeout, ca, cert, "
+                                          "key, sentinel_username, sentinel_password)"),
+    ("redis://h/0?replicas=-1", "replicas is how many replicas must have a publish before it is acknowledged"),
+    ("redis://h/0?replicas=many", "0 to 100, as in ?replicas=1"),
+    ("redis://h/0?replica_timeout=0", "replica_timeout is the seconds a publish waits for its replicas"),
+    ("redis://h/0?replica_timeout=soon", "0.001 to 60, as in ?replica_timeout=1"),
+])
+def test_a_wrong_tls_or_sentinel_url_is_refused_with_what_to_write_instead(url: str, says: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        parse_redis_url(url)
+    message = str(raised.value)
+    assert message.startswith(f"--backplane {url!r}: ") and "\n" not in message
+    assert says in message
 
 
 # Names ---------------------------------------------------------------------------

@@ -208,7 +208,7 @@ class Options(usage.Options):
                 find_web_directory(name, getattr(settings, name))
             except ValueError as error:
                 raise usage.UsageError(str(error)) from None
-        if settings.backplane.startswith("redis:"):
+        if settings.backplane.startswith(("redis:", "rediss:", "redis+sentinel:", "rediss+sentinel:")):
             missing = _missing_redis_libraries()
             if missing:
                 raise usage.UsageError(f"--backplane redis://...: the Redis backplane needs {', '.join(missing)}, "

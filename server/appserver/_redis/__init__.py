@@ -1,10 +1,15 @@
 """
-The Redis backplane, by job. Imported only with C{--backplane redis://}.
+The Redis backplane, by job. Imported only with C{--backplane redis://}
+(or its TLS and Sentinel forms).
 
 From the bottom up (each module imports only those above it in this list):
 
-  - L{location <appserver._redis.location>}: the C{redis://} URL;
+  - L{location <appserver._redis.location>}: the C{redis://} URL (and
+    C{rediss://}, C{redis+sentinel://}, C{rediss+sentinel://});
   - L{resp <appserver._redis.resp>}: Redis's wire protocol;
+  - L{tls <appserver._redis.tls>}: TLS settings from the URL's files;
+  - L{sentinel <appserver._redis.sentinel>}: finding and checking the
+    primary on every connection (Sentinels, TLS);
   - L{scripts <appserver._redis.scripts>}: the Lua scripts and the key
     layout they share;
   - L{keys <appserver._redis.keys>}: node ids, key and channel names;
@@ -25,7 +30,8 @@ From the bottom up (each module imports only those above it in this list):
 Private: applications import from L{appserver}.
 
 Tests: tests/test_redis_codec.py, tests/test_redis_decisions.py (no server);
-tests/test_redis_cluster.py, tests/test_redis_cluster_browser.py (real Redis).
+tests/test_redis_cluster.py, tests/test_redis_cluster_browser.py,
+tests/test_redis_sentinel.py, tests/test_redis_tls.py (real Redis).
 """
 
 __all__: list[str] = []

@@ -9,11 +9,20 @@ the subscription is back and what arrives on it.
 Replies are read and commands written with the backplane's own RESP codec
 (L{appserver._redis.resp}) unless hiredis is installed.
 
+Over TLS or through Sentinels every (re)connection goes through
+L{RedisEndpoint <appserver._redis.sentinel.RedisEndpoint>}, which finds and
+checks the primary each time; a command connection answered C{READONLY}
+(its server was demoted while it stayed connected) is dropped so that the
+next one finds the new primary. With C{?replicas=N} (the default with
+Sentinels) a publish is acknowledged only once C{WAIT} says N replicas
+have it, so that a failover keeps it (docs/scaling.md, "High availability").
+
 txredisapi imports the reactor: this module is imported only when
 C{--backplane redis://} is used.
 
 Tests: tests/test_redis_cluster.py (a Redis restart, a lost connection);
-the codec in tests/test_redis_codec.py.
+tests/test_redis_sentinel.py (a failover); tests/test_redis_tls.py; the
+codec in tests/test_redis_codec.py.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any, Callable, Generator, Sequence
 import txredisapi
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -31,6 +41,7 @@ from appserver._core.backplane import BackplaneUnavailable
 from appserver._redis import scripts
 from appserver._redis.location import RedisLocation
 from appserver._redis.resp import INCOMPLETE, MalformedReply, ReplyParser, encode_command
+from appserver._redis.sentinel import RedisEndpoint
 
 __all__ = ["ConnectionCallbacks", "RedisConnections", "CommandFactory", "BusFactory", "CONNECT_TIMEOUT"]
 
@@ -103,7 +114,15 @@ class _ReportsConnections(txredisapi.RedisFactory):
 
 
 class _CommandProtocol(_FastReplies, txredisapi.RedisProtocol):
-    pass
+    def replyReceived(self, reply: Any) -> None:
+        if isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("READONLY"):
+            # The server was demoted under this connection (a failover it
+            # did not die in): leave it, the next connection finds the
+            # primary. The command itself fails as a publish would.
+            _log.warn("the Redis server this node writes to became a replica: reconnecting to the primary")
+            if self.transport is not None:
+                self.transport.loseConnection()
+        super().replyReceived(reply)
 
 
 class CommandFactory(_ReportsConnections):
@@ -203,6 +222,11 @@ class RedisConnections:
         self.subscribed = False
         self._bus: Any = None
         self._factories: list[Any] = []
+        # Whether the primary had ?replicas= replicas when last asked: a
+        # publish waits for them only then (waiting for replicas that are
+        # not there would hold the connection for replica_timeout each time).
+        self.replicas_connected = True
+        self._replica_check: LoopingCall | None = None
 
     @property
     def ready(self) -> bool:
@@ -215,12 +239,21 @@ class RedisConnections:
         """
         Start connecting (and reconnecting whenever a connection is lost).
         """
-        endpoint = HostnameEndpoint(self.reactor, self.location.host, self.location.port, timeout=CONNECT_TIMEOUT)
+        location = self.location
+        endpoint: Any
+        if location.tls is None and not location.sentinels:
+            endpoint = HostnameEndpoint(self.reactor, location.host, location.port, timeout=CONNECT_TIMEOUT)
+        else:
+            endpoint = RedisEndpoint(self.reactor, location, CONNECT_TIMEOUT)
         commands = CommandFactory(self.location, self._commands_up, self._commands_down)
         bus = BusFactory(self.location, self._bus_up, self._bus_down, self.callbacks.bus_message)
         for factory in (commands, bus):
             factory.startConnecting(endpoint)
             self._factories.append(factory)
+        if location.replicas:
+            self._replica_check = LoopingCall(self._count_replicas)
+            self._replica_check.clock = self.reactor
+            self._replica_check.start(location.heartbeat, now=False)
 
     @defer.inlineCallbacks
     def disconnect(self, timeout: float) -> Generator["defer.Deferred[Any]", Any, None]:
@@ -229,6 +262,8 @@ class RedisConnections:
         C{timeout} seconds for each (a shutdown must not hang on a Redis
         that is gone).
         """
+        if self._replica_check is not None and self._replica_check.running:
+            self._replica_check.stop()
         factories, self._factories = self._factories, []
         for factory in factories:
             try:
@@ -250,9 +285,41 @@ class RedisConnections:
             return defer.fail(BackplaneUnavailable(f"not connected to Redis at {self.location}"))
         try:
             d: defer.Deferred[Any] = conn.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            if script is scripts.PUBLISH and self.location.replicas:
+                if self.replicas_connected:
+                    return self._replicated(conn, d)
+                self.callbacks.error("replication")
         except Exception:
             return defer.fail()
         return d
+
+    def _replicated(self, conn: Any, published: "defer.Deferred[Any]") -> "defer.Deferred[Any]":
+        """
+        C{published}'s result once C{location.replicas} replicas have it:
+        C{WAIT} right behind the script on the same connection covers the
+        script's writes. When too few confirm within C{replica_timeout},
+        the publish is acknowledged all the same (it is on the primary,
+        and its subscribers have it already), with a warning and an
+        error count: a failover now could lose it.
+        """
+        wanted = self.location.replicas
+        waited: defer.Deferred[Any] = conn.execute_command(
+            "WAIT", wanted, max(1, round(self.location.replica_timeout * 1000)))
+
+        def confirmed(count: Any, reply: Any) -> Any:
+            if int(count) < wanted:
+                self.callbacks.error("replication")
+                self._replicas_changed(int(count), f"within {self.location.replica_timeout:g}s")
+            return reply
+
+        def both(reply: Any) -> "defer.Deferred[Any]":
+            return waited.addCallback(confirmed, reply)
+
+        def script_failed(failure: Failure) -> Failure:
+            waited.addErrback(lambda _: None)
+            return failure
+
+        return published.addCallbacks(both, script_failed)
 
     def publish(self, channel: bytes, message: bytes) -> bool:
         """
@@ -280,12 +347,47 @@ class RedisConnections:
 
         d.addErrback(failed)
 
+    def _count_replicas(self) -> None:
+        """
+        Ask the primary (C{ROLE}) how many replicas it has, to know whether
+        publishes wait for them (every heartbeat while C{?replicas=} is set).
+        """
+        conn = self.commands
+        if conn is None:
+            return
+        try:
+            d: defer.Deferred[Any] = conn.execute_command("ROLE")
+        except Exception:
+            return
+
+        def counted(reply: Any) -> None:
+            if isinstance(reply, list) and len(reply) >= 3 and reply[0] in (b"master", "master"):
+                self._replicas_changed(len(reply[2]), "connected")
+
+        d.addCallbacks(counted, lambda failure: None)
+
+    def _replicas_changed(self, count: int, how: str) -> None:
+        wanted = self.location.replicas
+        enough = count >= wanted
+        if enough == self.replicas_connected:
+            return
+        self.replicas_connected = enough
+        if enough:
+            _log.info("the Redis primary has {count} replica(s) again: publishes are acknowledged once "
+                      "{wanted} have them", count=count, wanted=wanted)
+        else:
+            _log.warn("the Redis primary has {count} of the {wanted} replica(s) publishes wait for ({how}): "
+                      "publishes are acknowledged without them until they are back, and a failover "
+                      "meanwhile could lose them", count=count, wanted=wanted, how=how)
+
     # What the factories report ----------------------------------------------
 
     def _commands_up(self, conn: Any) -> None:
         def loaded(_: object) -> None:
             if conn.connected:
                 self.commands = conn
+                if self.location.replicas:
+                    self._count_replicas()      # a new primary may have none yet
                 if self.ready:
                     self.callbacks.ready()
 

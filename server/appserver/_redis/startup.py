@@ -5,19 +5,28 @@ client already gets them and a node without its Redis does not start.
 
 It runs before the reactor does, so it is blocking: a plain socket and the
 backplane's own RESP codec (L{appserver._redis.resp}), no client library.
+With Sentinels it finds the primary as every later connection does (the
+same decisions, from L{appserver._redis.sentinel}); with TLS it verifies
+the same certificates (L{appserver._redis.tls}).
 
-Tests: tests/test_redis_cluster.py (a node does not start without its Redis).
+Tests: tests/test_redis_cluster.py (a node does not start without its Redis);
+tests/test_redis_sentinel.py, tests/test_redis_tls.py.
 """
 
 from __future__ import annotations
 
 import re
 import socket
-from typing import TYPE_CHECKING, Any
+import ssl
+import time
+from typing import TYPE_CHECKING, Any, Sequence
 
 from appserver._core.backplane import BackplaneUnavailable
 from appserver._redis import scripts
 from appserver._redis.resp import INCOMPLETE, ReplyError, ReplyParser, encode_command
+from appserver._redis.sentinel import (RedisUnusable, auth_command, auth_problem, primary_address,
+                                       primary_lookup_command, role_problem, sentinel_auth_command)
+from appserver._redis.tls import TLSFilesUnusable, ssl_context
 
 if TYPE_CHECKING:
     from appserver._redis.keys import KeySpace
@@ -71,11 +80,7 @@ def blocking_init(location: RedisLocation, keys: KeySpace, epoch: str, start: in
     """
     parser = ReplyParser()
     try:
-        with socket.create_connection((location.host, location.port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            if location.password is not None:
-                credentials = (location.username, location.password) if location.username else (location.password,)
-                _call(sock, parser, "AUTH", *credentials)
+        with _open_primary(location, parser, timeout) as sock:
             _call(sock, parser, "SELECT", location.db)
             version = _version(_call(sock, parser, "INFO", "server"))
             if version is None or version < MINIMUM_VERSION:
@@ -85,6 +90,13 @@ def blocking_init(location: RedisLocation, keys: KeySpace, epoch: str, start: in
                                                  epoch, start)
     except BackplaneUnavailable:
         raise
+    except (RedisUnusable, TLSFilesUnusable) as error:
+        raise BackplaneUnavailable(f"cannot use the Redis backplane at {location}: {error}") from None
+    except ssl.SSLError as error:
+        raise BackplaneUnavailable(
+            f"cannot reach the Redis backplane at {location}: TLS: {error.reason or error}. Check that "
+            f"?ca= names the authority that signed Redis's certificate and that the certificate names the "
+            f"host (or IP address) this node connects to") from None
     except OSError as error:
         raise BackplaneUnavailable(
             f"cannot reach the Redis backplane at {location}: {error}. Start redis-server there, "
@@ -93,3 +105,84 @@ def blocking_init(location: RedisLocation, keys: KeySpace, epoch: str, start: in
         raise BackplaneUnavailable(f"the Redis backplane at {location} refused: {error}") from None
     text = found_epoch.decode("utf-8") if isinstance(found_epoch, bytes) else str(found_epoch)
     return text, int(position), int(floor)
+
+
+def _connect(location: RedisLocation, host: str, port: int, timeout: float) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.settimeout(timeout)
+    if location.tls is None:
+        return sock
+    try:
+        return ssl_context(location.tls).wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _call_all(sock: socket.socket, parser: ReplyParser, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """
+    Send C{commands} at once and return their replies, errors included.
+    """
+    sock.sendall(b"".join(encode_command(*command) for command in commands))
+    replies: list[Any] = []
+    while len(replies) < len(commands):
+        reply = parser.gets()
+        if reply is INCOMPLETE:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("Redis closed the connection")
+            parser.feed(data)
+        else:
+            replies.append(reply)
+    return replies
+
+
+def _open_primary(location: RedisLocation, parser: ReplyParser, timeout: float) -> socket.socket:
+    """
+    A connection to the primary, authenticated: the server itself, or the
+    one the Sentinels name that says it is the primary (asked again for
+    C{timeout} seconds while a failover is under way).
+
+    @raise RedisUnusable: the server refused the password, or no Sentinel
+        named a primary that is one.
+    """
+    if not location.sentinels:
+        sock = _connect(location, location.host, location.port, timeout)
+        problem = auth_problem(_call_all(sock, parser, auth_command(location)))
+        if problem is not None:
+            sock.close()
+            raise RedisUnusable(f"the Redis server {problem}")
+        return sock
+    deadline = time.monotonic() + timeout
+    while True:
+        host, port = _ask_sentinels(location, timeout)
+        sock = _connect(location, host, port, timeout)
+        replies = _call_all(sock, parser, [*auth_command(location), ("ROLE",)])
+        problem = auth_problem(replies[:-1]) or role_problem(replies[-1])
+        if problem is None:
+            return sock
+        sock.close()
+        if time.monotonic() > deadline:
+            raise RedisUnusable(f"the Redis server at {host}:{port} that the Sentinels name {problem}")
+        time.sleep(0.5)
+
+
+def _ask_sentinels(location: RedisLocation, timeout: float) -> tuple[str, int]:
+    reasons = []
+    commands = [*sentinel_auth_command(location), primary_lookup_command(location)]
+    for host, port in location.sentinels:
+        try:
+            with _connect(location, host, port, timeout) as sock:
+                replies = _call_all(sock, ReplyParser(), commands)
+            problem = auth_problem(replies[:-1])
+            if problem is not None:
+                raise RedisUnusable(problem)
+            address = primary_address(replies[-1])
+        except (OSError, RedisUnusable) as error:
+            reasons.append(f"{host}:{port}: {error}")
+            continue
+        if address is None:
+            reasons.append(f"{host}:{port}: knows no primary named {location.primary_name!r}")
+            continue
+        return address
+    raise RedisUnusable(f"no Sentinel named the primary: {'; '.join(reasons)}")

@@ -99,7 +99,7 @@ class Runtime:
 def make_backplane(settings: Settings, reactor: Any) -> IBackplane:
     """
     The backplane named by C{--backplane}: C{memory://} or
-    C{redis://host:port/db}. The Redis backplane is imported only when
+    C{redis://host:port/db} (and its TLS and Sentinel forms). The Redis backplane is imported only when
     asked for: its client library imports the reactor, which must not
     happen before C{twistd} has installed the one it was told to use.
 
@@ -109,7 +109,7 @@ def make_backplane(settings: Settings, reactor: Any) -> IBackplane:
     scheme = urlsplit(url).scheme
     if url in ("memory", "memory://") or scheme == "memory":
         return MemoryBackplane()
-    if scheme == "redis":
+    if scheme in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
         try:
             from appserver._redis.backplane import RedisBackplane
         except ModuleNotFoundError as error:
@@ -118,7 +118,8 @@ def make_backplane(settings: Settings, reactor: Any) -> IBackplane:
             raise ValueError(f"--backplane {scheme}://...: the Redis backplane needs {error.name}, from appserver's "
                              f'redis extra: run pip install "appserver[redis]"') from None
         return RedisBackplane.from_settings(settings, reactor)
-    raise ValueError(f"--backplane {url!r}: use memory:// or redis://host:port/db")
+    raise ValueError(f"--backplane {url!r}: use memory:// or redis://host:port/db (rediss:// for TLS, "
+                     f"redis+sentinel://sentinel:26379/primary-name/db for Sentinel)")
 
 
 def build_runtime(settings: Settings, app: App, reactor: IReactorTime,

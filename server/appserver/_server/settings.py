@@ -194,7 +194,9 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
                "JSON file where a graceful shutdown saves the epoch, position and histories, read back (and "
                "deleted) at start, so clients recover across a restart. Without it a restart is a new epoch."),
     OptionSpec("backplane", "memory://", _text,
-               "Cross-node state: memory:// (single node) or redis://host:port/db."),
+               "Cross-node state: memory:// (single node), redis://host:port/db, rediss://... (TLS, "
+               "?ca=/path), or redis+sentinel://sentinel:26379[,sentinel2...]/primary-name/db (Sentinel; "
+               "rediss+sentinel:// for TLS). See docs/scaling.md."),
     OptionSpec("node-id", None, _optional_text, "Name of this node in a cluster (default: random)."),
     OptionSpec("log-format", "text", _text, "Log output: text or json (one JSON object per line)."),
     OptionSpec("access-log", True, _boolean, "Write an access log line for each HTTP request."),
