@@ -193,14 +193,15 @@ class Pool:
         return list(await asyncio.gather(*(w.call(make(i), timeout) for i, w in enumerate(self.workers))))
 
     async def open(self, url: str, count: int, sources: list[str], concurrency: int, timeout: float,
-                   client: str = "picows", deflate: bool = False) -> dict[str, Any]:
+                   client: str = "picows", deflate: bool = False, subscribe: str | None = None) -> dict[str, Any]:
         n = len(self.workers)
         shares = [count // n + (1 if i < count % n else 0) for i in range(n)]
         # Rotate the source list per worker so the sources fill evenly whatever the shares.
         replies = await self.call_all(
             lambda i: {"cmd": "open", "client": client, "url": url, "count": shares[i],
                        "sources": sources[i % len(sources):] + sources[:i % len(sources)],
-                       "concurrency": concurrency, "timeout": timeout, "deflate": deflate},
+                       "concurrency": concurrency, "timeout": timeout, "deflate": deflate,
+                       "subscribe": subscribe},
             timeout + 30)
         extensions: dict[str, int] = {}
         for r in replies:

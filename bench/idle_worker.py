@@ -12,7 +12,7 @@ JSON lines on stdin, one JSON line answered on stdout per command:
 
   {"cmd": "open", "client": "picows"|"websockets", "url": U, "count": n,
    "sources": ["127.0.0.2", ...], "concurrency": c, "timeout": s,
-   "deflate": bool}                          -> {"opened": k, "failed": f, "errors": [...], "extensions": {...}}
+   "deflate": bool, "subscribe": channel|null} -> {"opened": k, "failed": f, "errors": [...], "extensions": {...}}
   {"cmd": "status"}                          -> {"open": k, "dropped": d, "pings": p, "received": {id: count},
                                                  "duplicates": x, "other_frames": o, "first_ns": t, "last_ns": t,
                                                  "wire_bytes": b, "payload_bytes": b}
@@ -86,6 +86,10 @@ class Counters:
 
 C = Counters()
 
+
+def _subscribe_frame(channel: str) -> bytes:
+    return json.dumps({"type": "subscribe", "data": {"channel": channel}}).encode()
+
 if picows is not None:
 
     class IdleListener(picows.WSListener):
@@ -142,13 +146,14 @@ class Worker:
         errors: list[str] = []
         opener = self._open_picows if msg.get("client", "picows") == "picows" else self._open_websockets
         url, deflate = msg["url"], bool(msg.get("deflate"))
+        subscribe = msg.get("subscribe")
 
         async def one(i: int) -> bool:
             source = sources[i % len(sources)]
             async with sem:
                 for attempt in range(3):
                     try:
-                        await opener(url, source, deflate)
+                        await opener(url, source, deflate, subscribe)
                         return True
                     except Exception as exc:  # noqa: BLE001 - reported, not raised
                         if len(errors) < 5:
@@ -166,7 +171,7 @@ class Worker:
         opened = sum(1 for t in done if not t.cancelled() and t.exception() is None and t.result())
         return {"opened": opened, "failed": count - opened, "errors": errors, "extensions": self.extensions}
 
-    async def _open_picows(self, url: str, source: str, deflate: bool) -> None:
+    async def _open_picows(self, url: str, source: str, deflate: bool, subscribe: str | None) -> None:
         assert picows is not None, "picows is not installed"
         transport, listener = await picows.ws_connect(
             IdleListener, url,
@@ -179,13 +184,15 @@ class Worker:
         listener.up = True
         C.n_open += 1
         self.picows_conns.append((transport, listener))
+        if subscribe:
+            transport.send(picows.WSMsgType.TEXT, _subscribe_frame(subscribe))
         ext = "(none)"
         response = getattr(transport, "response", None)
         if response is not None:
             ext = str(response.headers.get("Sec-WebSocket-Extensions", "(none)"))
         self.extensions[ext] = self.extensions.get(ext, 0) + 1
 
-    async def _open_websockets(self, url: str, source: str, deflate: bool) -> None:
+    async def _open_websockets(self, url: str, source: str, deflate: bool, subscribe: str | None) -> None:
         from websockets.asyncio.client import ClientConnection, connect
 
         class CountingConnection(ClientConnection):
@@ -207,6 +214,8 @@ class Worker:
         )
         C.n_open += 1
         self.ws_conns.append(ws)
+        if subscribe:
+            await ws.send(_subscribe_frame(subscribe).decode())
         ext = ws.response.headers.get("Sec-WebSocket-Extensions", "(none)") if ws.response else "(none)"
         self.extensions[ext] = self.extensions.get(ext, 0) + 1
         self.ws_tasks.append(asyncio.ensure_future(self._read_websockets(ws)))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import deflate as deflate_mod  # noqa: E402
 import procstat  # noqa: E402
 from loadgen import Publisher, WorkerPool, measure_level, smoke_check  # noqa: E402
 from report import NOISY_OTHER_CPU_PCT, GroupResult, render_markdown  # noqa: E402
@@ -66,6 +67,7 @@ class Settings:
     out: Path | None
     json_out: Path | None
     render: Path | None
+    deflate: argparse.Namespace | None = None  # the deflate phase's options (deflate.py), when --deflate
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -92,6 +94,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--longpoll-clients", type=int, default=1000, help="polling clients (default 1000)")
     parser.add_argument("--sse", action="store_true", help="also run the event stream (SSE) phase (appserver)")
     parser.add_argument("--sse-clients", type=int, default=1000, help="event stream clients (default 1000)")
+    parser.add_argument("--deflate", action="store_true",
+                        help="also run the permessage-deflate phase (appserver; deflate.py, options below)")
+    deflate_group = parser.add_argument_group("permessage-deflate phase (--deflate)")
+    deflate_mod.add_arguments(deflate_group)  # type: ignore[arg-type]
     parser.add_argument("--time-budget", type=float,
                         help="seconds; groups that would start later are skipped (default 600, quick 110)")
     parser.add_argument("--out", type=Path, help="also write the Markdown report to this file")
@@ -128,6 +134,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         out=args.out,
         json_out=args.json_out,
         render=args.render,
+        deflate=argparse.Namespace(server_path=None, **{k: v for k, v in vars(args).items()
+                                                        if k.startswith("deflate_") or k == "quotes"})
+        if args.deflate else None,
     )
 
 
@@ -381,9 +390,19 @@ async def main_async(cfg: Settings) -> int:
     notes.append("lost = broadcasts a connection never received (must be 0); CPU ×X = server CPU per delivered "
                  "message divided by X's, median of per-run ratios")
 
+    deflate_text = ""
+    if cfg.deflate is not None and not interrupted:
+        if "appserver" in broken:
+            notes.append("deflate phase skipped: appserver could not be started")
+        else:
+            results, deflate_notes = await deflate_mod.run_phase(cfg.deflate)
+            deflate_text = deflate_mod.render(results, deflate_notes, cfg.deflate)
+
     servers_done = [s for s in cfg.servers if s not in broken]
     report = render_markdown(groups, servers_done, REFERENCE_SERVERS,
                              context_lines(cfg, time.monotonic() - started), notes)
+    if deflate_text:
+        report = report.rstrip("\n") + "\n\n" + deflate_text
     print(report)
     if cfg.out:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
