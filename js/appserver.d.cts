@@ -93,6 +93,15 @@ export type PresenceEnvelope = Envelope<"join" | "leave", PresenceData>;
 export type ChannelEnvelope = Envelope<"subscribed" | "unsubscribed", ChannelData>;
 export type MembersEnvelope = Envelope<"members", MembersData>;
 export type ReconnectEnvelope = Envelope<"reconnect", ReconnectData>;
+/** The `data` of a live `gap` notice (docs/protocol.md). */
+export interface GapData {
+  recovered: false;
+  epoch: string;
+  position: number;
+  /** Absent when every stream is concerned. */
+  channel?: string;
+}
+export type GapEnvelope = Envelope<"gap", GapData>;
 /** `{type: "reply", re, id, data}` */
 export type ReplyEnvelope<Data = AppData> = Envelope<"reply", Data> & { re?: string; id: number | string | null };
 /** `{type: "error", id, data: {code, message}}` */
@@ -146,9 +155,18 @@ export interface ReconnectingInfo {
   transport: TransportName;
 }
 
-/** `recovery`: the server answered a resume (or did not in time: `recovered: false`). */
+/**
+ * `recovery`: the server answered a resume (or did not in time: `recovered:
+ * false`), or sent a live `gap` (`live: true`, always `recovered: false`).
+ */
 export interface RecoveryInfo {
   recovered: boolean;
+  /** True for a live `gap` notice (docs/protocol.md): no reconnect happened. */
+  live?: boolean;
+  /** With `live`: messages up to this position may be missing. */
+  position?: number | null;
+  /** With `live`: the channel concerned, or `null` for every stream. */
+  channel?: string | null;
 }
 
 /**
@@ -168,6 +186,7 @@ export interface ClientEventMap {
   reload: [result: AppData];
   welcome: [data: WelcomeData, envelope: WelcomeEnvelope];
   resumed: [data: ResumedData, envelope: ResumedEnvelope];
+  gap: [data: GapData, envelope: GapEnvelope];
   chat: [text: string, envelope: ChatEnvelope];
   message: [data: AppData, envelope: MessageEnvelope];
   join: [data: PresenceData, envelope: PresenceEnvelope];

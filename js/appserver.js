@@ -1943,6 +1943,15 @@
         case "resumed":
           this._finishResume(!!(data && data.recovered), envelope);
           return;
+        case "gap":
+          // The server could not bridge a Redis outage: messages up to
+          // `position` may never come. The live form of `recovered: false`.
+          this._emit("recovery", {
+            recovered: false, live: true,
+            position: data && typeof data.position === "number" ? data.position : null,
+            channel: data && typeof data.channel === "string" ? data.channel : null,
+          });
+          break;
         case "reconnect": {
           const after = Number(data && data.after_ms);
           if (isFinite(after) && after >= 0) {

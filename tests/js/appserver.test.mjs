@@ -650,6 +650,16 @@ describe("recovery", () => {
     assert.deepEqual(h.logged("recovery"), [{ recovered: false }]);
   });
 
+  test("a live gap notice becomes a recovery event with live: true, and a gap event", () => {
+    const h = connected().record("recovery", "gap", "reconnecting");
+    const data = { recovered: false, epoch: "E1", position: 42, channel: "news" };
+    h.ws.receive({ type: "gap", data: data });
+    assert.deepEqual(h.logged("recovery"),
+      [{ recovered: false, live: true, position: 42, channel: "news" }]);
+    assert.deepEqual(h.logged("gap"), [data]);
+    assert.deepEqual(h.logged("reconnecting"), []);
+  });
+
   test("envelopes at or below the highest position seen are dropped", () => {
     const h = connected({}, { position: 2 }).record("chat", "reconnecting");
     for (const pos of [3, 5, 5, 4]) h.ws.receive({ type: "chat", data: `#${pos}`, pos });

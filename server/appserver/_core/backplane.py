@@ -31,7 +31,7 @@ Tests: tests/test_backplane_memory.py, tests/test_redis_cluster.py.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, Container, Hashable, Iterable
 
 from zope.interface import Attribute, Interface
 
@@ -78,6 +78,20 @@ class ILocalNode(Interface):
         """
         A message positioned elsewhere arrived: keep it in the stream log
         (when it has a position) and deliver it here.
+        """
+
+    def receive_echo(stream: str, message: "Outgoing", seen: "Container[str]") -> None:
+        """
+        A message this node delivered without a position while Redis was
+        unreachable came back positioned: keep it in the stream log, and
+        deliver it only to the clients not in C{seen} (those that did not
+        get it then), so that none gets it twice.
+        """
+
+    def client_ids() -> "frozenset[str]":
+        """
+        The ids of this node's clients now (who got a message delivered
+        without a position, for L{receive_echo}).
         """
 
     def deliver_to_room(room: str, envelope: "dict[str, Any] | Outgoing") -> int:

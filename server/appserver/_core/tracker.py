@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Container, Hashable, Iterable, Mapping
 
 from zope.interface import implementer
 
@@ -224,6 +224,28 @@ class ClientTracker:
         """
         self.stream.receive(stream, message)
         self.fan_out(stream, message)
+
+    def receive_echo(self, stream: str, message: Outgoing, seen: Container[str]) -> None:
+        """
+        A message this node delivered without a position during a Redis
+        outage came back positioned (the backplane published it late): keep
+        it, and deliver it to the clients that did not have it then.
+        """
+        self.stream.receive(stream, message)
+        if stream == GLOBAL_STREAM:
+            recipients: Iterable[Client] = self.clients.values()
+            policy = self.limits.default_policy
+        else:
+            recipients = self.channels.get(stream, ())
+            policy = self.policy_for(stream)
+        count = _deliver_each([c for c in recipients if c.client_id not in seen], message, policy)
+        self.events.fanout(stream, count, message)
+
+    def client_ids(self) -> frozenset[str]:
+        """
+        The ids of this node's clients now.
+        """
+        return frozenset(self.clients)
 
     def send_to(self, client: Client | str, envelope: dict[str, Any]) -> bool:
         """

@@ -16,25 +16,31 @@ as one server (docs/scaling.md).
     another node routes their requests there over Redis
     (L{appserver._redis.routing}).
   - Redis lost: local clients keep being served (messages published meanwhile
-    reach this node's clients only, without a position); the connections
+    reach this node's clients at once, without a position, and wait in a
+    bounded outbox, L{appserver._redis.outbox}); the connections
     (L{appserver._redis.connection}) come back with backoff, resubscribe,
-    and the node catches up what it missed, re-sends its counts and presence.
+    and the node catches up what it missed, publishes its outbox in order
+    (its own clients do not get those messages twice), tells clients that
+    may have missed messages (a live C{gap}), and re-sends its counts and
+    presence.
 
 This module composes those parts into L{RedisBackplane}, the
 L{IBackplane}, and owns what ties them together: the order of a
-reconnection (catch up, then let the bus flow, then share presence) and the
-bus messages held meanwhile. It is imported only when
+reconnection (catch up, then let the bus flow, then flush the outbox, then
+share presence) and the bus messages held meanwhile. It is imported only when
 C{--backplane redis://} is used (txredisapi imports the reactor).
 
-Tests: tests/test_redis_cluster.py, tests/test_redis_cluster_browser.py (real
-Redis); tests/test_backplane_memory.py (the interface); the parts in
+Tests: tests/test_redis_cluster.py, tests/test_redis_cluster_browser.py,
+tests/test_redis_outage.py (real Redis); tests/test_backplane_memory.py (the interface); the parts in
 tests/test_redis_codec.py and tests/test_redis_decisions.py.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING, Any, Generator, Hashable, Iterable
 
+import orjson
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -43,12 +49,14 @@ from zope.interface import implementer
 
 from appserver._core.backplane import IBackplane, ILocalNode
 from appserver._core.envelope import Outgoing, encode
+from appserver._core.streamlog import GLOBAL_STREAM
 from appserver._redis import scripts
-from appserver._redis.codec import (ROOM, SEND, MalformedMessage, Publication, decode_control, decode_publication,
-                                    encode_control, encode_key, with_position)
+from appserver._redis.codec import (GAP, ROOM, SEND, MalformedMessage, Publication, decode_control,
+                                    decode_publication, encode_control, encode_key, with_position)
 from appserver._redis.connection import ConnectionCallbacks, RedisConnections
 from appserver._redis.keys import NODE_ID_PATTERN, KeySpace, check_node_id, default_node_id
 from appserver._redis.location import RedisLocation, parse_redis_url
+from appserver._redis.outbox import Outbox, Pending
 from appserver._redis.presence import Presence
 from appserver._redis.replay import FOLLOW, Recovery, after_reconnect
 from appserver._redis.routing import SessionRouter, home_session_secret, session_home
@@ -88,7 +96,7 @@ class RedisBackplane:
 
     def __init__(self, location: RedisLocation, node_id: str, reactor: Any,
                  history_size: int = 1000, history_age: float = 300.0,
-                 poll_timeout: float = 25.0) -> None:
+                 poll_timeout: float = 25.0, history_bytes: int = 64 * 1024 * 1024) -> None:
         """
         @raise ValueError: C{node_id} cannot name a node (the message is for
             the operator).
@@ -118,6 +126,14 @@ class RedisBackplane:
         self._syncing = False
         self._synced = False
         self._outage_logged = False
+        # What Redis could not position yet: as much as a history holds.
+        self.outbox = Outbox(max(1, history_size), history_bytes or 64 * 1024 * 1024)
+        self._outbox_keys = f"\x00outbox:{node_id}:{secrets.token_hex(8)}:"
+        self._outbox_count = 0
+        # Positions of this node's own outbox entries, published late, to
+        # whom they were delivered then (L{ILocalNode.receive_echo}).
+        self._echoes: dict[int, frozenset[str]] = {}
+        self._seen: frozenset[str] | None = None
 
     @classmethod
     def from_settings(cls, settings: "Settings", reactor: Any) -> "RedisBackplane":
@@ -129,7 +145,8 @@ class RedisBackplane:
         location = parse_redis_url(settings.backplane)
         node_id = settings.node_id or default_node_id()
         return cls(location, node_id, reactor, history_size=settings.history_size,
-                   history_age=settings.history_age, poll_timeout=settings.poll_timeout)
+                   history_age=settings.history_age, poll_timeout=settings.poll_timeout,
+                   history_bytes=settings.history_bytes)
 
     # Life cycle -----------------------------------------------------------
 
@@ -168,6 +185,14 @@ class RedisBackplane:
         if self.connections.commands is not None:
             yield self.presence.leave(STOP_TIMEOUT)
         yield self.connections.disconnect(STOP_TIMEOUT)
+        # Publishers still waiting behind the outbox are answered as during
+        # an outage: this node's clients have it, nobody else will.
+        while self.outbox:
+            entry = self.outbox.pop_first()
+            if entry.waiting is not None:
+                message = Outgoing(entry.payload, None, entry.key, entry.created)
+                self._node().receive(entry.stream, message)
+                entry.waiting.callback(message)
 
     def not_ready(self) -> list[str]:
         """
@@ -226,10 +251,15 @@ class RedisBackplane:
         """
         After every (re)connection: catch up with what was published while
         this node was not listening, then let the bus flow again (what it
-        held is newer) and resend this node's counts and presence.
+        held is newer), publish what this node could not (its outbox), tell
+        clients that may have missed messages, and resend this node's
+        counts and presence.
         """
-        yield self.recovery.catch_up()
+        missed = yield self.recovery.catch_up()
         self._release_held()
+        if missed:
+            self._notify_gap(GLOBAL_STREAM, self._node().stream.position)
+        yield self._flush_outbox()
         yield self.presence.resend_all()
         yield self.presence.refresh_live_nodes()
 
@@ -288,11 +318,16 @@ class RedisBackplane:
         if publication.epoch != node.stream.epoch:
             _log.warn("the backplane's epoch changed to {epoch}: positions start over", epoch=publication.epoch)
             node.stream.resynchronise(publication.epoch, publication.pos - 1)
+            self._notify_gap(GLOBAL_STREAM, publication.pos - 1)
         elif publication.pos <= node.stream.position:
             # Already delivered by a catch-up.
             return
-        node.receive(publication.stream,
-                     Outgoing(publication.payload, publication.pos, publication.key, node.stream.clock()))
+        message = Outgoing(publication.payload, publication.pos, publication.key, node.stream.clock())
+        seen = self._echoes.pop(publication.pos, None) if self._echoes else None
+        if seen is None:
+            node.receive(publication.stream, message)
+        else:
+            node.receive_echo(publication.stream, message, seen)
 
     def _control(self, raw: bytes) -> None:
         node = self._node()
@@ -302,6 +337,110 @@ class RedisBackplane:
                 node.deliver_to_room(control.target, Outgoing(control.payload))
         elif control.op == SEND:
             node.deliver_to_client(control.target, Outgoing(control.payload))
+        elif control.op == GAP:
+            self._gap_announced(control.target, control.origin, control.payload)
+
+    # Gaps -----------------------------------------------------------------
+
+    def _gap_announced(self, stream: str, origin: str, raw: bytes) -> None:
+        """
+        A node could not keep some of what it published during an outage
+        (L{scripts.GAP}): this node's histories no longer vouch for the
+        past, and its clients of C{stream} are told, except on the
+        publishing node, whose clients had those messages.
+        """
+        try:
+            position = int(orjson.loads(raw)["position"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise MalformedMessage(f"gap notice: expected {{\"position\": P}}, got {raw[:60]!r}") from None
+        node = self._node()
+        node.stream.advance_to(node.stream.position, complete=False)
+        if origin != self.node_id:
+            self._notify_gap(stream, position)
+
+    def _notify_gap(self, stream: str, position: int) -> None:
+        """
+        Tell this node's clients of C{stream} (everyone for the global
+        stream) at once that they may have missed messages up to
+        C{position}: the live form of C{recovered: false} (docs/protocol.md).
+        """
+        node = self._node()
+        data: dict[str, Any] = {"recovered": False, "epoch": node.stream.epoch, "position": position}
+        if stream != GLOBAL_STREAM:
+            data["channel"] = stream
+        _log.warn("telling this node's clients of {stream!r} they may have missed messages up to {position}",
+                  stream=stream or "(every client)", position=position)
+        node.fan_out(stream, Outgoing.of({"type": "gap", "data": data}))
+
+    # The outbox -----------------------------------------------------------
+
+    def _seen_now(self) -> frozenset[str]:
+        # One snapshot shared by consecutive entries while nobody comes or goes.
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = self._node().client_ids()
+        return seen
+
+    def _outbox_key(self, idempotency_key: str | None) -> str:
+        if idempotency_key is not None:
+            return idempotency_key
+        self._outbox_count += 1
+        return f"{self._outbox_keys}{self._outbox_count}"
+
+    @defer.inlineCallbacks
+    def _flush_outbox(self) -> Generator["defer.Deferred[Any]", Any, None]:
+        """
+        Publish the outbox, oldest first, one at a time (so one stream keeps
+        one order); then announce the streams it could not keep. A failure
+        leaves the rest for the next resynchronisation.
+        """
+        outbox = self.outbox
+        if not outbox and not outbox.overflowed:
+            return
+        count = len(outbox)
+        while outbox and self.connections.commands is not None and not self._stopping:
+            entry = outbox.first()
+            assert entry is not None
+            # Bus messages wait until this entry's position is known: its
+            # echo must not reach clients that had it already.
+            if self._held is None:
+                self._held = []
+            try:
+                reply = yield self._eval_publish(entry.stream, entry.payload, entry.key, entry.idempotency_key,
+                                                 entry.created)
+            except Exception:
+                self._release_held()
+                raise
+            outbox.pop_first()
+            pos = int(reply[1])
+            if entry.seen is not None:
+                if pos > self._node().stream.position:
+                    self._echoes[pos] = entry.seen
+            elif entry.waiting is not None:
+                entry.waiting.callback(Outgoing(with_position(entry.payload, pos), pos, entry.key, entry.created))
+            self._release_held()
+        if outbox:
+            return
+        if count:
+            _log.info("published {count} messages kept while Redis was unreachable", count=count)
+        streams = sorted(outbox.clear_overflow())
+        if streams:
+            keys = self.keys
+            yield self.connections.eval(scripts.GAP, [keys.positions[1], keys.streams],
+                                        [keys.control, f"{GAP}@{self.node_id}", *streams])
+
+    def _eval_publish(self, stream: str, payload: bytes, key: Hashable | None, idempotency_key: str | None,
+                      created: float) -> "defer.Deferred[Any]":
+        node = self._node()
+        history_size = self.history_size if self.history_age > 0 else 0
+        keys = self.keys
+        script_keys = [*keys.positions, keys.streams, keys.stream(stream)]
+        if idempotency_key is not None:
+            script_keys.append(keys.idempotency(stream, idempotency_key))
+        return self.connections.eval(
+            scripts.PUBLISH, script_keys,
+            [node.stream.epoch, scripts.proposed_start(node.stream.position), stream, encode_key(key), payload,
+             int(created * 1000), history_size, max(1, int(self.history_age * 1000)), keys.bus])
 
     def _send_to_node(self, node_id: str, message: bytes) -> bool:
         return self.connections.publish(self.keys.node_channel(node_id), message)
@@ -315,23 +454,22 @@ class RedisBackplane:
         idempotency key, the script answers a retry (from any node, within
         the history age) with the first position and publishes nothing.
         When Redis cannot be reached, the message reaches this node's
-        clients only, without a position, and its key is not remembered.
+        clients at once, without a position, and waits in the outbox to be
+        published when Redis is back; while the outbox is not empty, a new
+        publication goes behind it (its Deferred fires once it is out).
         """
         node = self._node()
         payload = encode(envelope)
         if self.connections.commands is None:
-            return defer.succeed(self._deliver_locally(stream, payload, key))
-        history_size = self.history_size if self.history_age > 0 else 0
+            return defer.succeed(self._publish_offline(stream, payload, key, idempotency_key))
         created = node.stream.clock()
+        if self.outbox:
+            waiting: defer.Deferred[Outgoing] = defer.Deferred()
+            self.outbox.offer(Pending(stream, payload, key, self._outbox_key(idempotency_key), created,
+                                      waiting=waiting))
+            return waiting
         sent_at = self.reactor.seconds()
-        keys = self.keys
-        script_keys = [*keys.positions, keys.streams, keys.stream(stream)]
-        if idempotency_key is not None:
-            script_keys.append(keys.idempotency(stream, idempotency_key))
-        d = self.connections.eval(
-            scripts.PUBLISH, script_keys,
-            [node.stream.epoch, scripts.proposed_start(node.stream.position), stream, encode_key(key), payload,
-             int(created * 1000), history_size, max(1, int(self.history_age * 1000)), keys.bus])
+        d = self._eval_publish(stream, payload, key, idempotency_key, created)
 
         def published(reply: list[Any]) -> Outgoing:
             node.events.backplane_latency("publish", self.reactor.seconds() - sent_at)
@@ -340,16 +478,28 @@ class RedisBackplane:
 
         def failed(failure: Failure) -> Outgoing:
             node.events.backplane_error("publish")
-            _log.warn("publishing on {stream!r} through Redis failed ({error}): delivered on this node only",
-                      stream=stream, error=failure.value)
-            return self._deliver_locally(stream, payload, key)
+            _log.warn("publishing on {stream!r} through Redis failed ({error}): delivered on this node, "
+                      "published when Redis is back", stream=stream, error=failure.value)
+            return self._publish_offline(stream, payload, key, idempotency_key)
 
         return d.addCallbacks(published, failed)
 
-    def _deliver_locally(self, stream: str, payload: bytes, key: Hashable | None) -> Outgoing:
+    def _publish_offline(self, stream: str, payload: bytes, key: Hashable | None,
+                         idempotency_key: str | None) -> Outgoing:
+        """
+        Redis cannot position the message now: this node's clients get it at
+        once (without a position), the outbox keeps it for the others.
+        """
         node = self._node()
         message = Outgoing(payload, None, key, node.stream.clock())
+        seen = self._seen_now()
         node.receive(stream, message)
+        full = bool(self.outbox.overflowed)
+        if not self.outbox.offer(Pending(stream, payload, key, self._outbox_key(idempotency_key), message.created,
+                                         seen=seen)) and not full:
+            _log.warn("the outbox is full ({count} messages): what this node publishes now reaches its own "
+                      "clients only, and the others will be told they missed messages",
+                      count=len(self.outbox))
         return message
 
     # Rooms and direct messages -------------------------------------------
@@ -380,6 +530,7 @@ class RedisBackplane:
     # Counts and presence --------------------------------------------------
 
     def counts_changed(self) -> None:
+        self._seen = None
         self.presence.counts_changed()
 
     def presence_changed(self, room: str) -> None:

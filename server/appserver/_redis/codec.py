@@ -25,12 +25,15 @@ from typing import Any, Hashable, Sequence
 import orjson
 
 __all__ = ["MalformedMessage", "encode_key", "decode_key", "with_position", "Publication", "encode_publication",
-           "decode_publication", "Control", "ROOM", "SEND", "encode_control", "decode_control", "StreamEntry",
+           "decode_publication", "Control", "ROOM", "SEND", "GAP", "encode_control", "decode_control", "StreamEntry",
            "decode_stream_entry"]
 
-#: Control operations: deliver to a room's members, to one client.
+#: Control operations: deliver to a room's members, to one client; tell a
+#: stream's clients they may have missed messages (L{scripts.GAP
+#: <appserver._redis.scripts.GAP>} writes it).
 ROOM = "room"
 SEND = "send"
+GAP = "gap"
 
 _NULL = b"null"
 

@@ -89,6 +89,8 @@ class ReplayRead:
     @ivar complete: whether C{messages} is everything after the position
         read from, for every stream read.
     @ivar messages: (stream, message) in position order.
+    @ivar kept: whether nothing was trimmed or expired: C{complete} but for
+        Redis having lost its data (C{since} before C{floor}).
     """
 
     epoch: str
@@ -96,6 +98,7 @@ class ReplayRead:
     floor: int
     complete: bool
     messages: list[tuple[str, Outgoing]]
+    kept: bool = True
 
 
 def read_replay(answer: Sequence[Any], streams: Sequence[str], since: int, upto: int | None,
@@ -112,23 +115,23 @@ def read_replay(answer: Sequence[Any], streams: Sequence[str], since: int, upto:
         L{scripts.PUBLISH} writes them.
     """
     floor = int(answer[2])
-    complete = since >= floor
+    kept = True
     found: list[tuple[str, Outgoing]] = []
     for stream, (last, gone, exists, entries) in zip(streams, answer[3:]):
         if int(last) <= since:
             continue
         if since < int(gone) or not int(exists):
-            complete = False
+            kept = False
         for entry_id, fields in entries:
             entry = decode_stream_entry(entry_id, fields)
             if upto is not None and stream != GLOBAL_STREAM and entry.pos > upto:
                 continue
             if entry.created_ms < horizon_ms:
-                complete = False
+                kept = False
                 continue
             found.append((stream, Outgoing(entry.payload, entry.pos, entry.key, entry.created_ms / 1000)))
     found.sort(key=lambda item: item[1].pos or 0)
-    return ReplayRead(_text(answer[0]), int(answer[1]), floor, complete, found)
+    return ReplayRead(_text(answer[0]), int(answer[1]), floor, kept and since >= floor, found, kept)
 
 
 def merge_missed(remote: Iterable[Outgoing], local: Iterable[Outgoing]) -> list[Outgoing]:
@@ -188,11 +191,18 @@ class Recovery:
     # After a reconnection -----------------------------------------------------
 
     @defer.inlineCallbacks
-    def catch_up(self) -> Generator["defer.Deferred[Any]", Any, None]:
+    def catch_up(self) -> Generator["defer.Deferred[Any]", Any, bool]:
         """
         Make sure Redis has the epoch, then deliver what was published while
         this node was not listening, or follow the cluster when Redis lost
         its data.
+
+        @return: (a Deferred firing with) whether this node's clients may
+            have missed messages: the epoch changed, or what this node did
+            not hear was trimmed or expired from Redis before it could read
+            it. Redis having lost its data alone does not count: every
+            publication it had not fanned out failed on its publishing node,
+            which publishes it again from its outbox.
         """
         node = self._node()
         answer = yield self.connections.eval(scripts.INIT, self.keys.positions,
@@ -204,11 +214,14 @@ class Recovery:
                       "following it", epoch=epoch, position=position, ours=node.stream.epoch,
                       pos=node.stream.position)
             node.stream.resynchronise(epoch, position)
-        elif action == CATCH_UP:
-            yield self._catch_up(node.stream.position, position, floor)
+            return True
+        if action == CATCH_UP:
+            kept = yield self._catch_up(node.stream.position, position, floor)
+            return not kept
+        return False
 
     @defer.inlineCallbacks
-    def _catch_up(self, since: int, upto: int, floor: int) -> Generator["defer.Deferred[Any]", Any, None]:
+    def _catch_up(self, since: int, upto: int, floor: int) -> Generator["defer.Deferred[Any]", Any, bool]:
         node = self._node()
         streams = catch_up_streams(node.channel_names(), node.stream.streams())
         answer = yield self._read(since, "+", streams)
@@ -223,6 +236,7 @@ class Recovery:
         node.stream.advance_to(upto, complete=read.complete and since >= floor)
         _log.info("caught up {count} messages published while node {node} was not listening",
                   count=len(read.messages), node=self.node_id)
+        return read.kept
 
     # A client resuming ---------------------------------------------------------
 

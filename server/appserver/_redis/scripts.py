@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["Script", "INIT", "PUBLISH", "REPLAY", "SYNC_NODE", "CLUSTER_VIEW", "REAP", "LEAVE", "ALL",
+__all__ = ["Script", "INIT", "PUBLISH", "REPLAY", "SYNC_NODE", "CLUSTER_VIEW", "REAP", "LEAVE", "GAP", "ALL",
            "POSITION_GAP", "proposed_start"]
 
 #: Positions restart this far above what the proposing node has seen when
@@ -207,6 +207,24 @@ end
 return out
 """)
 
+#: KEYS pos, streams hash. ARGV control channel, control head (C{gap@<node>}),
+#: then stream names. Publications of these streams never reached Redis (a
+#: node's outbox overflowed during an outage): their last and gone positions
+#: move up to the present one, so that no replay across the gap says
+#: complete, and every node is told on the control channel, one message per
+#: stream (payload C{{"position":P}}). Returns the position.
+GAP = Script("gap", """
+local pos = tonumber(redis.call('GET', KEYS[1]) or '0')
+for i = 3, #ARGV do
+  local stream = ARGV[i]
+  for _, field in ipairs({'l:' .. stream, 'g:' .. stream}) do
+    if tonumber(redis.call('HGET', KEYS[2], field) or '0') < pos then redis.call('HSET', KEYS[2], field, pos) end
+  end
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\\n' .. stream .. '\\n{"position":' .. pos .. '}')
+end
+return pos
+""")
+
 #: KEYS nodes, node hash. ARGV node id. A node leaving on purpose.
 LEAVE = Script("leave", """
 redis.call('DEL', KEYS[2])
@@ -216,4 +234,4 @@ return 1
 
 #: Every script, loaded into Redis (C{SCRIPT LOAD}) on each connection so
 #: that C{EVALSHA} finds them after a Redis restart too.
-ALL = (INIT, PUBLISH, REPLAY, SYNC_NODE, CLUSTER_VIEW, REAP, LEAVE)
+ALL = (INIT, PUBLISH, REPLAY, SYNC_NODE, CLUSTER_VIEW, REAP, LEAVE, GAP)
