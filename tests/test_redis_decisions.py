@@ -101,6 +101,14 @@ def test_publishes_wait_for_one_replica_with_sentinels_and_none_without() -> Non
     assert parse_redis_url("redis+sentinel://s/m?replicas=0").replicas == 0
 
 
+def test_print_config_hides_the_sentinel_password_too() -> None:
+    from appserver._server.config import render_toml, resolve_configuration
+    url = "redis+sentinel://:hunter2@s1,s2:26380/m/0?prefix=chat&sentinel_password=s3cret&ttl=9"
+    output = render_toml(resolve_configuration({"backplane": url}, {}))
+    assert "hunter2" not in output and "s3cret" not in output
+    assert 'backplane = "redis+sentinel://:****@s1,s2:26380/m/0?prefix=chat&sentinel_password=****&ttl=9"' in output
+
+
 @pytest.mark.parametrize("url, says", [
     ("rediss://h/0?ca=/no/such/ca.pem", "?ca=/no/such/ca.pem: no readable file there; name a PEM file"),
     ("redis://h/0?ca=/etc/hostname", "?ca need TLS: write rediss:// (or rediss+sentinel://) instead of redis://"),

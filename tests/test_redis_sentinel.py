@@ -172,6 +172,8 @@ async def test_a_failover_under_a_publish_stream_loses_no_acknowledged_publish(t
             await eventually(reactor, lambda node=node: readiness(node), timeout=20)
             assert node.process.poll() is None
             assert f"connected to the Redis primary at 127.0.0.1:{topology.replica.port}" in node.log()
+            # No position the old primary handed out can come again.
+            assert f"the Redis primary changed to 127.0.0.1:{topology.replica.port}: positions skip" in node.log()
             assert "Traceback" not in node.log()
         print(f"\nfailover: {len(acknowledged)} of {counter} publishes acknowledged, "
               f"{counter - len(acknowledged)} refused or local during the failover")
@@ -191,3 +193,53 @@ def test_a_node_does_not_start_when_no_sentinel_names_the_primary(server_process
     assert (f"cannot use the Redis backplane at {url}: no Sentinel named the primary: "
             f"127.0.0.1:{sentinel_port}: ") in message
     assert "Traceback" not in message
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_leave_a_primary_demoted_alive_for_the_new_one(topology, server_process, reactor):
+    # SENTINEL FAILOVER: the old primary stays up as a replica; nodes
+    # connected to it must not stay there.
+    await eventually(reactor, topology.ready_for_failover, timeout=30, step=0.2)
+    a = server_process("--backplane", topology.url(), "--node-id", "a", "--access-log", "false")
+    b = server_process("--backplane", topology.url(), "--node-id", "b", "--access-log", "false")
+    for node in (a, b):
+        await eventually(reactor, lambda node=node: readiness(node), timeout=20)
+    listener = await WS.open(a.url("ws"), reactor)
+    try:
+        listener.send("subscribe", {"channel": "news"})
+        await listener.wait_for(reactor, lambda m: m["type"] == "subscribed")
+        assert await publish(b.url("ajax"), "news", "before") is not None
+        subprocess.run(["redis-cli", "-p", str(topology.sentinel.port), "SENTINEL", "FAILOVER", PRIMARY_NAME],
+                       capture_output=True, timeout=5, check=True)
+        await eventually(reactor, lambda: topology.sentinel.primary() == ("127.0.0.1", topology.replica.port),
+                         timeout=20)
+        await eventually(reactor, lambda: b"role:slave" in topology.primary.command("INFO", "replication"),
+                         timeout=20)
+
+        acknowledged: list[str] = []
+        tried = 0
+
+        async def published_through_both() -> bool:
+            nonlocal tried
+            for node in (a, b):
+                tried += 1
+                data = f"after {tried}"
+                if await publish(node.url("ajax"), "news", data) is not None:
+                    acknowledged.append(data)
+            return len(acknowledged) >= 4
+
+        # Publishes are acknowledged again, by the new primary, and reach
+        # the subscriber in order after what came before.
+        await eventually(reactor, published_through_both, timeout=30, step=0.3)
+        await eventually(reactor, lambda: all(data in [d for _, d in news(listener)] for data in acknowledged),
+                         timeout=15)
+        received = [data for _, data in news(listener)]
+        assert received[0] == "before"
+        assert [data for data in received if data in acknowledged] == acknowledged
+        for node in (a, b):
+            await eventually(reactor, lambda node=node: readiness(node), timeout=20)
+            assert f"connected to the Redis primary at 127.0.0.1:{topology.replica.port}" in node.log()
+            assert node.process.poll() is None
+    finally:
+        listener.close()
+        await sleep(reactor, 0.2)

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 
 from appserver._core.backplane import BackplaneUnavailable
 from appserver._redis import scripts
+from appserver._redis.keys import KeySpace
 from appserver._redis.location import RedisLocation
 from appserver._redis.resp import INCOMPLETE, MalformedReply, ReplyParser, encode_command
 from appserver._redis.sentinel import RedisEndpoint
@@ -227,6 +228,8 @@ class RedisConnections:
         # not there would hold the connection for replica_timeout each time).
         self.replicas_connected = True
         self._replica_check: LoopingCall | None = None
+        # The (host, port) the command connection last wrote to.
+        self._primary: tuple[str, int] | None = None
 
     @property
     def ready(self) -> bool:
@@ -347,6 +350,23 @@ class RedisConnections:
 
         d.addErrback(failed)
 
+    def _skip_positions_after_failover(self, conn: Any, primary: tuple[str, int]) -> "defer.Deferred[Any]":
+        """
+        Before this node publishes through a new primary: move the
+        cluster's position L{scripts.POSITION_GAP} ahead. A message the old
+        primary fanned out but never replicated has a position the new
+        primary would give again; a node that delivered it would take the
+        new message for one it already had. Each node that sees the
+        failover does it once; gaps in positions are harmless.
+        """
+        _log.info("the Redis primary changed to {host}:{port}: positions skip {gap} ahead",
+                  host=primary[0], port=primary[1], gap=scripts.POSITION_GAP)
+        position_key = KeySpace(self.location.prefix, self.location.db, node_id="").pos
+        d: defer.Deferred[Any] = conn.execute_command(
+            "EVAL", "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) end",
+            1, position_key, scripts.POSITION_GAP)
+        return d
+
     def _count_replicas(self) -> None:
         """
         Ask the primary (C{ROLE}) how many replicas it has, to know whether
@@ -395,6 +415,11 @@ class RedisConnections:
             _log.warn("cannot load the backplane's scripts into Redis: {error}", error=failure.value)
 
         loads = [conn.execute_command("SCRIPT", "LOAD", script.source) for script in scripts.ALL]
+        peer = conn.transport.getPeer()
+        primary = (getattr(peer, "host", ""), getattr(peer, "port", 0))
+        if self.location.sentinels and self._primary is not None and primary != self._primary:
+            loads.append(self._skip_positions_after_failover(conn, primary))
+        self._primary = primary
         defer.gatherResults(loads, consumeErrors=True).addCallbacks(loaded, failed)
 
     def _commands_down(self, conn: Any) -> None:

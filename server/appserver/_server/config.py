@@ -18,6 +18,7 @@ is shared with other settings (C{APPSERVER_SHARE}) and deployment tooling.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +230,11 @@ def _toml_string(text: str) -> str:
 
 def _mask_password(url: str) -> str:
     parts = urlsplit(url)
-    if parts.password is None:
+    # A Sentinel's own password travels in the query (docs/scaling.md).
+    query = re.sub(r"(?<![^&])(sentinel_password=)[^&]*", r"\1****", parts.query)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(":" + parts.password + "@", ":****@", 1)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":****@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
