@@ -173,8 +173,8 @@ def object_report(n: int, proto_cls: type) -> tuple[list[str], dict[str, Any]]:
     seen: set[int] = set()
     sections: dict[str, list[str]] = {}
 
-    def one_kind(title: str, objs: list[Any]) -> None:
-        objs = [o for o in objs if o is not None and id(o) not in seen]
+    def one_kind(title: str, objs: list[Any], owned: bool = False) -> None:
+        objs = [o for o in objs if o is not None and (owned or id(o) not in seen)]
         if not objs:
             return
         own = 0
@@ -208,7 +208,9 @@ def object_report(n: int, proto_cls: type) -> tuple[list[str], dict[str, Any]]:
         lines.append("")
         sections[title] = lines
 
-    # Objects shared by every connection (the factory, the runtime, ...) are nobody's: mark them first.
+    # The protocols have their own table (last); objects shared by every connection (the factory, the
+    # runtime, ...) are nobody's: mark both first.
+    seen.update(id(p) for p in protos)
     for shared in {id(getattr(p, "factory", None)) for p in protos}:
         seen.add(shared)
     for p in protos:
@@ -232,10 +234,7 @@ def object_report(n: int, proto_cls: type) -> tuple[list[str], dict[str, Any]]:
     kinds.append(("timers held by the protocol (autoping, timeouts): DelayedCall and wrappers", timers))
     for title, objs in kinds:
         one_kind(title, objs)
-    protos_seen = set(seen)
-    seen.difference_update(id(p) for p in protos)
-    one_kind("protocol", protos)
-    seen.update(protos_seen)
+    one_kind("protocol", protos, owned=True)
     # Other per-connection objects the protocol holds (Deferreds, TrafficStats, validators...) are in its table.
     order = ["protocol"] + [t for t, _ in kinds]
     lines: list[str] = []
