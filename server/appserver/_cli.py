@@ -147,6 +147,7 @@ def run(arguments: list[str], reactor: Any = None) -> int:
         _error(str(error))
         return CANNOT_START
     service.banner = lambda: startup_banner(service)
+    service.freeze_startup_heap = True
     try:
         service.startService()
     except (StartupError, BackplaneUnavailable) as error:

@@ -248,6 +248,7 @@ def makeService(options: Options) -> AppServerService:
     """
     service = build_service(options.settings, options.app)
     service.exit_on_startup_error = True
+    service.freeze_startup_heap = True
     service.banner = lambda: startup_banner(service)
     return service
 

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any, Mapping, cast
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import connectionDone
+from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,7 +34,8 @@ from appserver._server.admission import Ticket, Visitor, refused_from
 from appserver._server.coroutines import as_deferred, is_async
 from appserver._core.outbound import DISCONNECT
 from appserver._core.envelope import Outgoing, ProtocolError, error_payload, parse_envelope
-from appserver._web.writes import Backpressure, WriteCoalescer, has_backlog, send_now
+from appserver._web.deflate import accept_offer
+from appserver._web.writes import Backpressure, WriteCoalescer, send_now
 
 if TYPE_CHECKING:
     from appserver._server.runtime import Runtime
@@ -62,7 +65,13 @@ class WebSocketClient(Client):
     The tracker's view of one WebSocket connection.
 
     Frames written during a reactor turn wait in C{pending} and go out
-    together at the end of the turn (L{WriteCoalescer}).
+    together at the end of the turn (L{WriteCoalescer}). The first frame of
+    a turn waits alone, as bytes, and only a second one makes a list: a
+    broadcast reaches thousands of clients in one loop, and a list for each
+    would be thousands of objects for the garbage collector, alive across
+    the collections that run during the loop, so promoted to the old
+    generation and counted toward the next full collection, whose pause
+    grows with every connection the server holds.
 
     @ivar transport_paused: whether the transport holds more than its
         high-water mark (the peer is not reading fast enough).
@@ -71,40 +80,64 @@ class WebSocketClient(Client):
     """
 
     transport = "websocket"
-    __slots__ = ("protocol", "coalescer", "pending", "transport_paused", "backlog")
+    __slots__ = ("protocol", "coalescer", "pending", "transport_paused", "backlog", "deflate_bits")
 
     def __init__(self, protocol: "TrackedProtocol", coalescer: WriteCoalescer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.protocol = protocol
         self.coalescer = coalescer
-        self.pending: list[bytes] | None = None
+        self.pending: bytes | list[bytes] | None = None
         self.transport_paused = False
         self.backlog: deque[Outgoing] | None = None
+        #: The window size of its permessage-deflate, when it negotiated it:
+        #: it is written the turn's shared compressed frames.
+        self.deflate_bits: int | None = None
 
     def deliver(self, message: Outgoing, policy: str = DISCONNECT) -> None:
-        # The hot path of a burst: a client already given a frame this turn
-        # (so open, not paused, nothing queued) takes the next one directly.
+        # Client.deliver's decision, inlined: this runs once per recipient
+        # of every broadcast.
         pending = self.pending
         if pending is not None and not self.queue:
-            pending.append(message.frame)
+            # Given a frame this turn already (so open, not paused): the
+            # next one joins it.
+            bits = self.deflate_bits
+            frame = message.frame if bits is None else self.coalescer.deflated(message, bits)
+            if isinstance(pending, bytes):
+                self.pending = [pending, frame]
+            else:
+                pending.append(frame)
             return
-        Client.deliver(self, message, policy)
+        if self.closed:
+            return
+        if self.paused or self.queue:
+            self._enqueue(message, policy)
+            return
+        self.write(message)
 
     def write(self, message: Outgoing) -> None:
+        bits = self.deflate_bits
+        frame = message.frame if bits is None else self.coalescer.deflated(message, bits)
         pending = self.pending
         if pending is not None:
-            pending.append(message.frame)
+            if isinstance(pending, bytes):
+                self.pending = [pending, frame]
+            else:
+                pending.append(frame)
             return
         protocol = self.protocol
         if protocol.state != _STATE_OPEN:
             return
         transport = protocol.transport
-        if has_backlog(transport):
+        # has_backlog(), inlined.
+        if type(transport) is _TCPServer and (transport.offset != len(transport.dataBuffer)
+                                              or transport._tempDataLen):
             # Behind already: Twisted's buffer pauses us at its high-water
             # mark, after which the bounded queue and its policy take over.
-            transport.write(message.frame)
+            transport.write(frame)
             return
-        self.pending = [message.frame]
+        # The first frame of the turn waits as it is: no list for the one
+        # message a turn usually brings (see the class docstring).
+        self.pending = frame
         self.coalescer.add(self)
 
     def flush(self) -> None:
@@ -118,7 +151,7 @@ class WebSocketClient(Client):
         protocol = self.protocol
         if protocol.state != _STATE_OPEN or protocol.transport is None:
             return
-        send_now(protocol.transport, self.coalescer.join(pending))
+        send_now(protocol.transport, pending if isinstance(pending, bytes) else self.coalescer.join(pending))
 
     def replay(self, missed: list[Outgoing], policy: str = DISCONNECT) -> bool:
         """
@@ -151,7 +184,9 @@ class WebSocketClient(Client):
             # Not coalesced: Twisted's buffer pauses us, at once, past its
             # high-water mark.
             assert transport is not None
-            transport.write(backlog.popleft().frame)
+            message = backlog.popleft()
+            bits = self.deflate_bits
+            transport.write(message.frame if bits is None else self.coalescer.deflated(message, bits))
         if backlog and not self.closed and protocol.state == _STATE_OPEN:
             return
         self.backlog = None
@@ -261,9 +296,20 @@ class TrackedProtocol(WebSocketServerProtocol):
         client = self.client_class(self, self.factory.coalescer, limits=runtime.tracker.limits,
                                    events=runtime.tracker.events, peer=self.peer, origin=ticket.visitor.origin)
         self.client = client
+        client.deflate_bits = self._deflate_window_bits()
         self._watch_backpressure(client)
         runtime.admission.open(client, ticket, welcome=self.welcomes)
         self._release_handshake()
+
+    def _deflate_window_bits(self) -> int | None:
+        """
+        The window this connection's permessage-deflate compresses with, or
+        C{None} when it negotiated none (L{appserver._web.deflate}).
+        """
+        for extension in self.websocket_extensions_in_use:
+            if isinstance(extension, PerMessageDeflate):
+                return cast(int, extension.server_max_window_bits)
+        return None
 
     def _release_handshake(self) -> None:
         """
@@ -327,6 +373,12 @@ class TrackedProtocol(WebSocketServerProtocol):
         self.sendPong(payload)
 
     def _onMessage(self, payload: bytes, isBinary: bool) -> None:
+        deflate = self._perMessageCompress
+        if deflate is not None and deflate.client_no_context_takeover:
+            # Autobahn keeps the message's inflate state until the next
+            # message, which makes a new one: an idle client would hold it
+            # (its window and zlib's state) for nothing.
+            deflate._decompressor = None
         # A raw endpoint's onMessage may be a coroutine awaiting asyncio code
         # or Deferreds: run it like a handler, cancelled if the client goes.
         result: Any = self.onMessage(payload, isBinary)  # type: ignore[func-returns-value]
@@ -346,6 +398,18 @@ class TrackedProtocol(WebSocketServerProtocol):
             _log_raw.failure("{endpoint}.onMessage failed (client {client_id})", failure,
                              endpoint=type(self).__name__, client_id=getattr(client, "client_id", None))
         running.addErrback(failed)
+
+    def sendMessage(self, payload: bytes, isBinary: bool = False, fragmentSize: int | None = None,
+                    sync: bool = False, doNotCompress: bool = False) -> None:
+        # A raw endpoint's own messages, compressed by Autobahn when
+        # permessage-deflate was negotiated.
+        super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)
+        deflate = self._perMessageCompress
+        if deflate is not None and deflate.server_no_context_takeover:
+            # A compressor (hundreds of KiB with zlib's defaults) is made for
+            # every message anyway; keeping the last one would cost that much
+            # per connection.
+            deflate._compressor = None
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Everything Autobahn writes itself (pongs, close frames, a raw
@@ -469,6 +533,8 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
             allowNullOrigin=True,
             tcpNoDelay=True,
             webStatus=False,
+            perMessageCompressionAccept=(accept_offer(settings.max_message_size) if settings.permessage_deflate
+                                         else _refuse_compression),
         )
         # Autobahn copies each of its ~30 options from the factory into every
         # new protocol instance unless the class already has it; a subclass
@@ -485,6 +551,13 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
         # type() makes a subclass of protocol, which mypy cannot tell from its arguments.
         self.protocol = cast("type[TrackedProtocol]",
                              type(protocol.__name__, (protocol,), {**options, "CONFIG_ATTRS": ()}))
+
+
+def _refuse_compression(offers: Any) -> None:
+    """
+    Without --permessage-deflate: every connection goes uncompressed.
+    """
+    return None
 
 
 def _cookies(header: str) -> dict[str, str]:

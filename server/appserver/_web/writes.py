@@ -17,6 +17,9 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.tcp import Server as _TCPServer
 from zope.interface import implementer
 
+from appserver._core.envelope import Outgoing
+from appserver._web.deflate import deflated_frame
+
 if TYPE_CHECKING:
     from appserver._core.client import Client
 
@@ -46,6 +49,14 @@ class EndOfTurn:
         if self.scheduled is None:
             self.scheduled = self.reactor.callLater(0, self.flush)
 
+    def at_end_of_turn(self) -> None:
+        """
+        Make sure L{flush} runs at the end of this turn, even with nothing
+        added (what a subclass keeps for one turn is dropped there).
+        """
+        if self.scheduled is None:
+            self.scheduled = self.reactor.callLater(0, self.flush)
+
     def flush(self) -> None:
         self.scheduled = None
         dirty, self.dirty = self.dirty, []
@@ -65,12 +76,37 @@ class WriteCoalescer(EndOfTurn):
     round trip on the poller (see L{send_now}).
     """
 
-    __slots__ = ("_joined_frames", "_joined")
+    __slots__ = ("_joined_frames", "_joined", "_deflated", "_last_deflated")
 
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor)
         self._joined_frames: list[bytes] | None = None
         self._joined = b""
+        #: This turn's compressed frames, by window size, then message.
+        self._deflated: dict[int, dict[Outgoing, bytes]] = {}
+        #: The latest of them (message, window bits, frame): a broadcast asks
+        #: for the same one once per recipient.
+        self._last_deflated: tuple[Outgoing | None, int, bytes] = (None, 0, b"")
+
+    def deflated(self, message: Outgoing, window_bits: int) -> bytes:
+        """
+        The permessage-deflate frame of C{message} for clients that take
+        windows of C{window_bits}: compressed once per turn and shared by
+        every such recipient of the turn, not once per client.
+        """
+        last, last_bits, frame = self._last_deflated
+        if last is message and last_bits == window_bits:
+            return frame
+        cache = self._deflated.get(window_bits)
+        if cache is None:
+            cache = self._deflated[window_bits] = {}
+            self.at_end_of_turn()
+        found = cache.get(message)
+        if found is None:
+            original = message.frame
+            found = cache[message] = deflated_frame(original, len(original) - len(message), window_bits)
+        self._last_deflated = (message, window_bits, found)
+        return found
 
     def join(self, frames: list[bytes]) -> bytes:
         """
@@ -91,6 +127,9 @@ class WriteCoalescer(EndOfTurn):
     def flush(self) -> None:
         super().flush()
         self._joined_frames, self._joined = None, b""
+        if self._deflated:
+            self._deflated = {}
+            self._last_deflated = (None, 0, b"")
 
 
 @implementer(IPushProducer)
