@@ -35,7 +35,7 @@ from appserver._server.coroutines import as_deferred, is_async
 from appserver._core.outbound import DISCONNECT
 from appserver._core.envelope import Outgoing, ProtocolError, error_payload, parse_envelope
 from appserver._web.deflate import accept_offer
-from appserver._web.writes import Backpressure, WriteCoalescer, send_now
+from appserver._web.writes import DIRECT_ARMED, Backpressure, WriteCoalescer
 
 if TYPE_CHECKING:
     from appserver._server.runtime import Runtime
@@ -80,7 +80,7 @@ class WebSocketClient(Client):
     """
 
     transport = "websocket"
-    __slots__ = ("protocol", "coalescer", "pending", "transport_paused", "backlog", "deflate_bits")
+    __slots__ = ("protocol", "coalescer", "pending", "transport_paused", "backlog", "deflate_bits", "tcp")
 
     def __init__(self, protocol: "TrackedProtocol", coalescer: WriteCoalescer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -92,27 +92,46 @@ class WebSocketClient(Client):
         #: The window size of its permessage-deflate, when it negotiated it:
         #: it is written the turn's shared compressed frames.
         self.deflate_bits: int | None = None
+        #: Its transport when it is plain TCP, whose buffer can be checked
+        #: and bypassed (L{send_now}); C{None} for TLS and others, which
+        #: always go through C{write}.
+        tcp = protocol.transport
+        self.tcp: _TCPServer | None = tcp if type(tcp) is _TCPServer else None
 
     def deliver(self, message: Outgoing, policy: str = DISCONNECT) -> None:
-        # Client.deliver's decision, inlined: this runs once per recipient
-        # of every broadcast.
+        # Once per recipient of every broadcast: Client.deliver's decision
+        # and write's common case, inlined (every call and attribute counts).
+        bits = self.deflate_bits
+        frame = message.frame if bits is None else self.coalescer.deflated(message, bits)
         pending = self.pending
-        if pending is not None and not self.queue:
-            # Given a frame this turn already (so open, not paused): the
-            # next one joins it.
-            bits = self.deflate_bits
-            frame = message.frame if bits is None else self.coalescer.deflated(message, bits)
+        if pending is None:
+            if not (self.paused or self.queue or self.closed):
+                tcp = self.tcp
+                if tcp is None or not (tcp.dataBuffer or tcp._tempDataLen):
+                    coalescer = self.coalescer
+                    direct = coalescer.direct
+                    if direct is not None:
+                        if direct is DIRECT_ARMED:
+                            coalescer.direct = direct = message
+                        if direct is message:
+                            # Alone in its read: nothing to wait for.
+                            self.send_now(frame)
+                            return
+                    # Open or closing: flush() checks, once per turn.
+                    self.pending = frame
+                    coalescer.dirty.append(self)
+                    if coalescer.scheduled is None:
+                        coalescer.at_end_of_turn()
+                    return
+        elif not self.queue:
+            # Given a frame this turn already (so not paused): the next one
+            # joins it.
             if isinstance(pending, bytes):
                 self.pending = [pending, frame]
             else:
                 pending.append(frame)
             return
-        if self.closed:
-            return
-        if self.paused or self.queue:
-            self._enqueue(message, policy)
-            return
-        self.write(message)
+        Client.deliver(self, message, policy)
 
     def write(self, message: Outgoing) -> None:
         bits = self.deflate_bits
@@ -127,13 +146,11 @@ class WebSocketClient(Client):
         protocol = self.protocol
         if protocol.state != _STATE_OPEN:
             return
-        transport = protocol.transport
-        # has_backlog(), inlined.
-        if type(transport) is _TCPServer and (transport.offset != len(transport.dataBuffer)
-                                              or transport._tempDataLen):
+        tcp = self.tcp
+        if tcp is not None and (tcp.dataBuffer or tcp._tempDataLen):
             # Behind already: Twisted's buffer pauses us at its high-water
             # mark, after which the bounded queue and its policy take over.
-            transport.write(frame)
+            tcp.write(frame)
             return
         # The first frame of the turn waits as it is: no list for the one
         # message a turn usually brings (see the class docstring).
@@ -148,10 +165,32 @@ class WebSocketClient(Client):
         if pending is None:
             return
         self.pending = None
+        self.send_now(pending if isinstance(pending, bytes) else self.coalescer.join(pending))
+
+    def send_now(self, data: bytes) -> None:
+        """
+        Write C{data} while the connection is open, straight to the socket
+        when nothing is buffered in front of it (L{appserver._web.writes.send_now},
+        inlined: this runs once per recipient of every broadcast).
+        """
         protocol = self.protocol
-        if protocol.state != _STATE_OPEN or protocol.transport is None:
+        if protocol.state != _STATE_OPEN:
             return
-        send_now(protocol.transport, pending if isinstance(pending, bytes) else self.coalescer.join(pending))
+        tcp = self.tcp
+        if tcp is None:
+            transport = protocol.transport
+            if transport is not None:
+                transport.write(data)
+            return
+        if tcp.connected and not tcp.disconnecting and not tcp.dataBuffer and not tcp._tempDataLen:
+            try:
+                sent = tcp.socket.send(data)
+            except OSError:
+                sent = 0  # tcp.write below meets the error (if any) and reports it
+            if sent == len(data):
+                return
+            data = data[sent:]
+        tcp.write(data)
 
     def replay(self, missed: list[Outgoing], policy: str = DISCONNECT) -> bool:
         """
@@ -466,7 +505,20 @@ class EnvelopeProtocol(TrackedProtocol):
         except ProtocolError as error:
             runtime.tracker.send_to(client, error_payload(error.code, error.message, error.request_id))
             return
-        runtime.dispatcher.dispatch(client, envelope)
+        if self.data:
+            # More frames behind this one in the same read (Autobahn's
+            # buffer): a burst, whose fan-outs are coalesced.
+            runtime.dispatcher.dispatch(client, envelope)
+            return
+        # The last message of its read: the first message it fans out goes
+        # straight to each recipient with nothing pending (one pass, no
+        # waiting for the end of the turn); any more are coalesced.
+        coalescer = self.factory.coalescer
+        coalescer.direct = DIRECT_ARMED
+        try:
+            runtime.dispatcher.dispatch(client, envelope)
+        finally:
+            coalescer.direct = None
 
 
 class _PreciseTimer:

@@ -23,7 +23,10 @@ from appserver._web.deflate import deflated_frame
 if TYPE_CHECKING:
     from appserver._core.client import Client
 
-__all__ = ["Backpressure", "EndOfTurn", "WriteCoalescer", "has_backlog", "send_now"]
+__all__ = ["Backpressure", "DIRECT_ARMED", "EndOfTurn", "WriteCoalescer", "has_backlog", "send_now"]
+
+#: L{WriteCoalescer.direct} before the message it lets through is known.
+DIRECT_ARMED = object()
 
 
 class EndOfTurn:
@@ -76,10 +79,15 @@ class WriteCoalescer(EndOfTurn):
     round trip on the poller (see L{send_now}).
     """
 
-    __slots__ = ("_joined_frames", "_joined", "_deflated", "_last_deflated")
+    __slots__ = ("_joined_frames", "_joined", "_deflated", "_last_deflated", "direct")
 
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor)
+        #: While a connection handles the last message of a read (no burst
+        #: behind it): L{DIRECT_ARMED}, then the first message fanned out,
+        #: which goes straight to every recipient with nothing pending
+        #: instead of waiting for the end of the turn; else C{None}.
+        self.direct: object | None = None
         self._joined_frames: list[bytes] | None = None
         self._joined = b""
         #: This turn's compressed frames, by window size, then message.
