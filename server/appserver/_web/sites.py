@@ -25,6 +25,7 @@ from appserver._web.longpoll import SessionRegistry
 from appserver._web.site import LoggingSite
 from appserver._web.static import build_static_resource
 from appserver._web.websocket import AppServerWebSocketFactory
+from appserver._web.pings import Pings
 from appserver._web.writes import WriteCoalescer
 
 if TYPE_CHECKING:
@@ -157,9 +158,12 @@ def build_websocket_resource(runtime: "Runtime") -> Resource:
     single-port mode).
     """
     coalescer = WriteCoalescer(runtime.reactor)
-    main = _TakeoverResource(AppServerWebSocketFactory(runtime, coalescer))
+    settings = runtime.settings
+    pings = Pings(runtime.reactor, settings.ping_interval, settings.ping_timeout)
+    main = _TakeoverResource(AppServerWebSocketFactory(runtime, coalescer, pings=pings))
     endpoints = {
-        path.lstrip("/").encode("ascii"): _TakeoverResource(AppServerWebSocketFactory(runtime, coalescer, protocol))
+        path.lstrip("/").encode("ascii"): _TakeoverResource(
+            AppServerWebSocketFactory(runtime, coalescer, protocol, pings=pings))
         for path, protocol in runtime.app.endpoints.items()
     }
     return _WebSocketRoot(main, endpoints)

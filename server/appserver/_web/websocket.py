@@ -35,6 +35,7 @@ from appserver._server.coroutines import as_deferred, is_async
 from appserver._core.outbound import DISCONNECT
 from appserver._core.envelope import Outgoing, ProtocolError, error_payload, parse_envelope
 from appserver._web.deflate import accept_offer
+from appserver._web.pings import Pings
 from appserver._web.writes import DIRECT_ARMED, Backpressure, WriteCoalescer
 
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ class WebSocketClient(Client):
     """
 
     transport = "websocket"
-    __slots__ = ("protocol", "coalescer", "pending", "transport_paused", "backlog", "deflate_bits", "tcp")
+    __slots__ = ("protocol", "coalescer", "pending", "transport_paused", "backlog", "deflate_bits", "tcp",
+                 "ping_sent_at", "ping_slot")
 
     def __init__(self, protocol: "TrackedProtocol", coalescer: WriteCoalescer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -97,6 +99,10 @@ class WebSocketClient(Client):
         #: always go through C{write}.
         tcp = protocol.transport
         self.tcp: _TCPServer | None = tcp if type(tcp) is _TCPServer else None
+        #: When its unanswered ping went out (0: none is), and its bucket on
+        #: the ping wheel (L{Pings}; -1: none).
+        self.ping_sent_at = 0.0
+        self.ping_slot = -1
 
     def deliver(self, message: Outgoing, policy: str = DISCONNECT) -> None:
         # Once per recipient of every broadcast: Client.deliver's decision
@@ -191,6 +197,19 @@ class WebSocketClient(Client):
                 return
             data = data[sent:]
         tcp.write(data)
+
+    def send_ping(self, frame: bytes) -> None:
+        """
+        Ping the peer (L{Pings}): a control frame, which may go ahead of
+        data frames still waiting for the end of the turn.
+        """
+        self.send_now(frame)
+
+    def ping_timed_out(self) -> None:
+        """
+        No pong, nor anything else, came back in time: the peer is gone.
+        """
+        self.protocol.onAutoPingTimeout()
 
     def replay(self, missed: list[Outgoing], policy: str = DISCONNECT) -> bool:
         """
@@ -337,6 +356,7 @@ class TrackedProtocol(WebSocketServerProtocol):
         self.client = client
         client.deflate_bits = self._deflate_window_bits()
         self._watch_backpressure(client)
+        self.factory.pings.add(client)
         runtime.admission.open(client, ticket, welcome=self.welcomes)
         self._release_handshake()
 
@@ -411,7 +431,29 @@ class TrackedProtocol(WebSocketServerProtocol):
             return
         self.sendPong(payload)
 
+    def dataReceived(self, data: bytes) -> None:
+        # A lone pong (a masked frame of opcode 10 and at most 125 bytes,
+        # nothing else buffered): the answer to Pings, read here without
+        # Autobahn's frame parser, since every idle connection sends one
+        # per interval.
+        if (len(data) >= 6 and data[0] == 0x8A and len(data) == 6 + (data[1] & 0x7F) and data[1] & 0x80
+                and self.state == _STATE_OPEN and not self.data and self.current_frame is None):
+            client = self.client
+            if client is not None:
+                client.ping_sent_at = 0.0
+            return
+        super().dataReceived(data)
+
+    def onPong(self, payload: bytes) -> None:
+        client = self.client
+        if client is not None:
+            client.ping_sent_at = 0.0
+
     def _onMessage(self, payload: bytes, isBinary: bool) -> None:
+        client = self.client
+        if client is not None:
+            # A message proves the peer alive as well as a pong.
+            client.ping_sent_at = 0.0
         deflate = self._perMessageCompress
         if deflate is not None and deflate.client_no_context_takeover:
             # Autobahn keeps the message's inflate state until the next
@@ -479,6 +521,7 @@ class TrackedProtocol(WebSocketServerProtocol):
         if client is None:
             ticket.release()
             return
+        self.factory.pings.remove(client)
         code = self.remoteCloseCode if self.remoteCloseCode is not None else self.localCloseCode
         self.factory.runtime.admission.close(client, ticket, code)
 
@@ -559,7 +602,8 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
     """
 
     def __init__(self, runtime: "Runtime", coalescer: WriteCoalescer | None = None,
-                 protocol: type[TrackedProtocol] = EnvelopeProtocol, url: str | None = None) -> None:
+                 protocol: type[TrackedProtocol] = EnvelopeProtocol, url: str | None = None,
+                 pings: Pings | None = None) -> None:
         # No version in the handshake's Server header, no status page for
         # plain GETs: nothing for a scanner to fingerprint.
         super().__init__(url, server="appserver")
@@ -571,11 +615,14 @@ class AppServerWebSocketFactory(WebSocketServerFactory):
         self.coalescer = coalescer or WriteCoalescer(runtime.reactor)
         self.protocol = protocol
         settings = runtime.settings
+        #: Every connection's pings and their timeouts (Autobahn's own
+        #: are off: they cost two timers per connection).
+        self.pings = pings or Pings(runtime.reactor, settings.ping_interval, settings.ping_timeout)
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_size,
             maxMessagePayloadSize=settings.max_message_size,
-            autoPingInterval=settings.ping_interval,
-            autoPingTimeout=settings.ping_timeout,
+            autoPingInterval=0,
+            autoPingTimeout=0,
             openHandshakeTimeout=settings.handshake_timeout,
             closeHandshakeTimeout=5,
             failByDrop=False,
