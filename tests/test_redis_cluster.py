@@ -21,6 +21,7 @@ from twisted.internet import defer
 
 from support.nginx import NginxServer, nginx_path
 from support.redis import RedisServer, free_port, redis_server_path
+from support.servers import wait_until_ready
 
 pytestmark = [
     pytest.mark.redis,
@@ -244,8 +245,12 @@ def cluster(redis, server_process):
     Redis, so the nodes stop before it.
     """
     def start(name: str, *args: str, query: str = "", **kwargs: Any):
-        return server_process("--backplane", redis.url + query, "--node-id", name, "--access-log", "false",
+        node = server_process("--backplane", redis.url + query, "--node-id", name, "--access-log", "false",
                               "--poll-timeout", "5", *args, **kwargs)
+        # Listening is not being in the cluster yet: a test that routes or
+        # publishes across nodes at once would race the node's connection.
+        wait_until_ready(node)
+        return node
     return start
 
 

@@ -147,9 +147,11 @@ async def test_an_outbox_that_overflowed_tells_the_other_nodes_clients_at_once(c
     await on_a.wait_for(reactor, lambda m: m.get("data") == 11)
     redis.start()
 
-    # Within the heartbeat bound of a being back: a live notice, on every
-    # transport, after the messages its outbox could keep.
-    await eventually(reactor, lambda: "back on the Redis backplane" in a.log(), timeout=20)
+    # Within the heartbeat bound of both nodes being back (each reconnects
+    # on its own backoff): a live notice, on every transport, after the
+    # messages a's outbox could keep.
+    await eventually(reactor, lambda: "back on the Redis backplane" in a.log()
+                     and "back on the Redis backplane" in b.log(), timeout=20, step=0.05)
     back = time.monotonic()
     gap = await on_b.wait_for(reactor, lambda m: m["type"] == "gap", timeout=10)
     assert time.monotonic() - back < 2 + 0.5                 # ttl + heartbeat of FAST

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,3 +199,30 @@ def wait_for_log(process: ServerProcess, text: str, timeout: float = 10.0) -> st
             return log
         time.sleep(0.05)
     raise AssertionError(f"{text!r} not in the log within {timeout}s:\n{process.log()}")
+
+
+def wait_until_ready(process: ServerProcess, timeout: float = 20.0) -> None:
+    """
+    Block until the server's C{GET /readyz} answers 200: listening is not
+    enough for a node on a backplane, which joins its cluster (connects,
+    loads its scripts, subscribes, catches up) only once its reactor runs,
+    and until then serves as if the backplane were down (a session of
+    another node is unknown to it).
+    """
+    url = process.url("ajax") + "/readyz"
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as error:
+            last = f"{error.code} {error.read()[:300]!r}"
+        except OSError as error:
+            last = str(error)
+        if process.process is not None and process.process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not ready within {timeout}s ({last}):\n{process.log()}")
+
