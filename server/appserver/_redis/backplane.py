@@ -199,8 +199,12 @@ class RedisBackplane:
         Readiness: the reasons this node is not fully part of the cluster
         (it still serves its own clients meanwhile).
         """
-        reasons = []
-        if self.connections.commands is None:
+        reasons: list[str] = []
+        refusals = self.connections.refusals
+        if refusals:
+            reasons.extend(f"Redis at {self.location} refused {what}: {message}"
+                           for what, message in sorted(refusals.items()))
+        elif self.connections.commands is None:
             reasons.append(f"not connected to the Redis backplane at {self.location}")
         if not self.connections.subscribed:
             reasons.append("not subscribed to the backplane's channels")

@@ -52,6 +52,10 @@ _log = Logger(namespace="appserver.redis")
 CONNECT_TIMEOUT = 5
 #: Seconds a command may wait for its reply before it fails.
 REPLY_TIMEOUT = 10
+#: Seconds between two attempts to load the scripts after Redis refused one
+#: on a connection that stays up: a Redis still loading its data set answers
+#: C{LOADING} for a while; a script it cannot compile is refused every time.
+SCRIPT_RETRY = 5.0
 
 
 def _response_error(text: str) -> Exception:
@@ -180,6 +184,29 @@ class BusFactory(_ReportsConnections, txredisapi.SubscriberFactory):
         self.message = message
 
 
+_POSITION_SKIP = "the position skip after a failover"
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """
+    Redis answered a script's C{SCRIPT LOAD} (or the position skip) with an
+    error: C{what} it refused, and its C{message}.
+    """
+
+    what: str
+    message: str
+
+
+def _refusal(failure: Failure, what: str) -> _Refused:
+    """
+    An error reply from Redis becomes a L{_Refused} result; anything else
+    (the connection failed) stays a failure.
+    """
+    failure.trap(txredisapi.ResponseError)
+    return _Refused(what, str(failure.value))
+
+
 @dataclass(frozen=True)
 class ConnectionCallbacks:
     """
@@ -211,6 +238,11 @@ class RedisConnections:
         C{None}.
     @ivar subscribed: whether the subscriber connection listens to the
         channels now.
+    @ivar refusals: what Redis refused at the last attempt to load the
+        scripts on the current connection (C{the backplane's script
+        'publish'}) and its message, for readiness: without its scripts a
+        node is off the backplane, and must say why rather than look like a
+        node whose Redis is down.
     """
 
     def __init__(self, location: RedisLocation, channels: Sequence[bytes], callbacks: ConnectionCallbacks,
@@ -230,6 +262,11 @@ class RedisConnections:
         self._replica_check: LoopingCall | None = None
         # The (host, port) the command connection last wrote to.
         self._primary: tuple[str, int] | None = None
+        self.refusals: dict[str, str] = {}
+        # Refusals already logged (what, message): a retry or a reconnection
+        # that meets the same one says nothing more.
+        self._refusals_logged: set[tuple[str, str]] = set()
+        self._script_retry: Any = None
 
     @property
     def ready(self) -> bool:
@@ -267,6 +304,7 @@ class RedisConnections:
         """
         if self._replica_check is not None and self._replica_check.running:
             self._replica_check.stop()
+        self._cancel_script_retry()
         factories, self._factories = self._factories, []
         for factory in factories:
             try:
@@ -362,7 +400,8 @@ class RedisConnections:
         _log.info("the Redis primary changed to {host}:{port}: positions skip {gap} ahead",
                   host=primary[0], port=primary[1], gap=scripts.POSITION_GAP)
         position_key = KeySpace(self.location.prefix, self.location.db, node_id="").pos
-        d: defer.Deferred[Any] = conn.execute_command(
+        d: defer.Deferred[Any] = defer.maybeDeferred(
+            conn.execute_command,
             "EVAL", "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) end",
             1, position_key, scripts.POSITION_GAP)
         return d
@@ -403,7 +442,39 @@ class RedisConnections:
     # What the factories report ----------------------------------------------
 
     def _commands_up(self, conn: Any) -> None:
-        def loaded(_: object) -> None:
+        peer = conn.transport.getPeer()
+        primary = (getattr(peer, "host", ""), getattr(peer, "port", 0))
+        failover = bool(self.location.sentinels) and self._primary is not None and primary != self._primary
+        self._primary = primary
+        self._prepare(conn, failover)
+
+    def _prepare(self, conn: Any, failover: bool) -> None:
+        """
+        Load every script into Redis (and after a failover, move positions
+        ahead), then use C{conn} for commands. A refusal (a script Redis
+        cannot compile, or C{LOADING} after a restart) keeps this node off
+        the backplane, loudly (L{_refused}), and is tried again on the same
+        connection every L{SCRIPT_RETRY} seconds: nothing else would, since
+        the connection itself is fine.
+        """
+        def load(script: scripts.Script) -> "defer.Deferred[Any]":
+            d: defer.Deferred[Any] = defer.maybeDeferred(conn.execute_command, "SCRIPT", "LOAD", script.source)
+            return d.addErrback(_refusal, f"the backplane's script {script.name!r}")
+
+        loads = [load(script) for script in scripts.ALL]
+        if failover:
+            loads.append(self._skip_positions_after_failover(conn, self._primary or ("", 0))
+                         .addErrback(_refusal, _POSITION_SKIP))
+
+        def prepared(results: list[Any]) -> None:
+            refusals = {r.what: r.message for r in results if isinstance(r, _Refused)}
+            if refusals:
+                self._refused(conn, refusals, failover)
+                return
+            self.refusals = {}
+            if self._refusals_logged:
+                _log.info("Redis accepted the backplane's scripts: joining the cluster")
+                self._refusals_logged.clear()
             if conn.connected:
                 self.commands = conn
                 if self.location.replicas:
@@ -412,19 +483,48 @@ class RedisConnections:
                     self.callbacks.ready()
 
         def failed(failure: Failure) -> None:
-            _log.warn("cannot load the backplane's scripts into Redis: {error}", error=failure.value)
+            # Not a refusal: the connection failed under the loads, and its
+            # loss brings the next one.
+            error = failure.value.subFailure.value if isinstance(failure.value, defer.FirstError) \
+                else failure.value
+            _log.warn("cannot load the backplane's scripts into Redis: {error}", error=error)
 
-        loads = [conn.execute_command("SCRIPT", "LOAD", script.source) for script in scripts.ALL]
-        peer = conn.transport.getPeer()
-        primary = (getattr(peer, "host", ""), getattr(peer, "port", 0))
-        if self.location.sentinels and self._primary is not None and primary != self._primary:
-            loads.append(self._skip_positions_after_failover(conn, primary))
-        self._primary = primary
-        defer.gatherResults(loads, consumeErrors=True).addCallbacks(loaded, failed)
+        defer.gatherResults(loads, consumeErrors=True).addCallbacks(prepared, failed)
+
+    def _refused(self, conn: Any, refusals: dict[str, str], failover: bool) -> None:
+        """
+        Redis refused scripts on a live connection: each refusal is logged
+        once as an error naming the script and Redis's message (a retry
+        meeting the same one stays quiet), readiness names them, and the
+        loads are tried again later on the same connection.
+        """
+        self.refusals = refusals
+        for what, message in sorted(refusals.items()):
+            if (what, message) not in self._refusals_logged:
+                self._refusals_logged.add((what, message))
+                _log.error("Redis refused {what}: {error}. This node stays off the backplane (serving its own "
+                           "clients only) and tries again every {retry:g}s", what=what, error=message,
+                           retry=SCRIPT_RETRY)
+
+        def retry() -> None:
+            self._script_retry = None
+            if conn.connected and self.commands is None:
+                # A position skip that went through is not made twice.
+                self._prepare(conn, failover and _POSITION_SKIP in refusals)
+
+        self._cancel_script_retry()
+        self._script_retry = self.reactor.callLater(SCRIPT_RETRY, retry)
+
+    def _cancel_script_retry(self) -> None:
+        if self._script_retry is not None and self._script_retry.active():
+            self._script_retry.cancel()
+        self._script_retry = None
 
     def _commands_down(self, conn: Any) -> None:
         if self.commands is conn:
             self.commands = None
+        self.refusals = {}
+        self._cancel_script_retry()
         self.callbacks.lost()
 
     def _bus_up(self, conn: Any) -> None:

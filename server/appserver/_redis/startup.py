@@ -86,8 +86,12 @@ def blocking_init(location: RedisLocation, keys: KeySpace, epoch: str, start: in
             if version is None or version < MINIMUM_VERSION:
                 raise BackplaneUnavailable(f"the Redis server at {location} is older than 6.2; "
                                            "appserver needs Redis 6.2 or later")
-            found_epoch, position, floor = _call(sock, parser, "EVAL", scripts.INIT.source, 3, *keys.positions,
-                                                 epoch, start)
+            try:
+                found_epoch, position, floor = _call(sock, parser, "EVAL", scripts.INIT.source, 3,
+                                                     *keys.positions, epoch, start)
+            except ReplyError as error:
+                raise BackplaneUnavailable(f"the Redis backplane at {location} refused the backplane's script "
+                                           f"{scripts.INIT.name!r}: {error}") from None
     except BackplaneUnavailable:
         raise
     except (RedisUnusable, TLSFilesUnusable) as error:
