@@ -13,7 +13,7 @@ import pytest
 
 from appserver._core.envelope import Outgoing
 from appserver._redis.keys import KeySpace, check_node_id, default_node_id
-from appserver._redis.location import TLSFiles, parse_redis_url
+from appserver._redis.location import TLSFiles, masked_url, parse_redis_url
 from appserver._redis.presence import (DeadNode, decode_reaped, decode_view, leave_envelope, merge_members,
                                        room_field, sum_counts)
 from appserver._redis.replay import (CATCH_UP, FOLLOW, IN_STEP, after_reconnect, catch_up_streams, merge_missed,
@@ -101,6 +101,26 @@ def test_publishes_wait_for_one_replica_with_sentinels_and_none_without() -> Non
     assert parse_redis_url("redis+sentinel://s/m?replicas=0").replicas == 0
 
 
+@pytest.mark.parametrize("url, shown", [
+    ("redis://u:hunter2@h:0/0", "--backplane 'redis://u:****@h:0/0': "),
+    ("redis://:hunter2@h/0?colour=blue", "--backplane 'redis://:****@h/0?colour=blue': "),
+    ("redis+sentinel://:hunter2@s1/m/0?sentinel_password=s3cret&bogus=1",
+     "--backplane 'redis+sentinel://:****@s1/m/0?sentinel_password=****&bogus=1': "),
+    ("redis://:hunter2@[::1/0", "--backplane 'redis://:****@[::1/0': not a URL (Invalid IPv6 URL): "),
+])
+def test_a_refused_url_is_shown_without_its_passwords(url: str, shown: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        parse_redis_url(url)
+    message = str(raised.value)
+    assert message.startswith(shown) and "\n" not in message
+    assert "hunter2" not in message and "s3cret" not in message
+
+
+def test_a_bad_ipv6_sentinel_port_is_refused_with_the_address_in_brackets() -> None:
+    with pytest.raises(ValueError, match=r"as in \[::1\]:26379"):
+        parse_redis_url("redis+sentinel://[::1]:x/m")
+
+
 def test_print_config_hides_the_sentinel_password_too() -> None:
     from appserver._server.config import render_toml, resolve_configuration
     url = "redis+sentinel://:hunter2@s1,s2:26380/m/0?prefix=chat&sentinel_password=s3cret&ttl=9"
@@ -134,7 +154,7 @@ def test_a_wrong_tls_or_sentinel_url_is_refused_with_what_to_write_instead(url: 
     with pytest.raises(ValueError) as raised:
         parse_redis_url(url)
     message = str(raised.value)
-    assert message.startswith(f"--backplane {url!r}: ") and "\n" not in message
+    assert message.startswith(f"--backplane {masked_url(url)!r}: ") and "\n" not in message
     assert says in message
 
 

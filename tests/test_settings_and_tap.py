@@ -180,3 +180,10 @@ def test_the_plugin_is_found_and_loads_lazily():
     makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
     assert makers["appserver"].module == "appserver.tap"
     assert isinstance(makers["appserver"].options(), usage.Options)
+
+
+def test_a_bad_redis_url_is_one_usage_line_without_its_passwords():
+    # Under twistd, a URL refused only in makeService was a traceback.
+    message = usage_error("--backplane", "redis+sentinel://:hunter2@s1:x/m/0?sentinel_password=s3cret")
+    assert message.startswith("--backplane 'redis+sentinel://:****@s1:x/m/0?sentinel_password=****': bad Sentinel port")
+    assert "\n" not in message and "hunter2" not in message and "s3cret" not in message

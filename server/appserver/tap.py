@@ -213,6 +213,13 @@ class Options(usage.Options):
             if missing:
                 raise usage.UsageError(f"--backplane redis://...: the Redis backplane needs {', '.join(missing)}, "
                                        f"from appserver's redis extra: run {REDIS_EXTRA_COMMAND}")
+            # Refused here, as one line, rather than as a traceback out of
+            # makeService under twistd (the URL module imports no reactor).
+            from appserver._redis.location import parse_redis_url
+            try:
+                parse_redis_url(settings.backplane)
+            except ValueError as error:
+                raise usage.UsageError(str(error)) from None
         # Like "python -m": an --app module in the current directory is
         # found (the twistd script alone does not put it on sys.path).
         if os.getcwd() not in sys.path and "" not in sys.path:

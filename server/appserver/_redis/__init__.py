@@ -22,6 +22,8 @@ From the bottom up (each module imports only those above it in this list):
     reaping;
   - L{replay <appserver._redis.replay>}: catch-up and recovery from
     Redis's Streams;
+  - L{outbox <appserver._redis.outbox>}: what a node published while
+    Redis could not position it, kept (bounded) until Redis is back;
   - L{routing <appserver._redis.routing>}: Ajax requests carried to their
     session's node;
   - L{backplane <appserver._redis.backplane>}: L{RedisBackplane
@@ -29,9 +31,11 @@ From the bottom up (each module imports only those above it in this list):
 
 Private: applications import from L{appserver}.
 
-Tests: tests/test_redis_codec.py, tests/test_redis_decisions.py (no server);
-tests/test_redis_cluster.py, tests/test_redis_cluster_browser.py,
-tests/test_redis_sentinel.py, tests/test_redis_tls.py (real Redis).
+Tests: tests/test_redis_codec.py, tests/test_redis_decisions.py,
+tests/test_redis_outbox.py (no server); tests/test_redis_cluster.py,
+tests/test_redis_cluster_browser.py, tests/test_redis_outage.py,
+tests/test_redis_sentinel.py, tests/test_redis_tls.py (real Redis);
+tests/test_redis_script_loading.py (both).
 """
 
 __all__: list[str] = []

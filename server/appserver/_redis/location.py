@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["RedisLocation", "TLSFiles", "parse_redis_url", "DEFAULT_PORT", "DEFAULT_SENTINEL_PORT",
+__all__ = ["RedisLocation", "TLSFiles", "parse_redis_url", "masked_url", "DEFAULT_PORT", "DEFAULT_SENTINEL_PORT",
            "DEFAULT_PREFIX", "DEFAULT_HEARTBEAT", "DEFAULT_REPLICA_TIMEOUT", "SCHEMES"]
 
 DEFAULT_PORT = 6379
@@ -133,9 +133,13 @@ def parse_redis_url(url: str) -> RedisLocation:
         message is shown to the operator as it is).
     """
     def refuse(problem: str) -> ValueError:
-        return ValueError(f"--backplane {url!r}: {problem}")
+        # The operator reads this on the console and in logs: no password.
+        return ValueError(f"--backplane {masked_url(url)!r}: {problem}")
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:                 # an unclosed [IPv6 bracket
+        raise refuse(f"not a URL ({error}): expected redis://host:port/db, for example {_EXAMPLE}") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise refuse(f"expected redis://host:port/db, for example {_EXAMPLE} (or rediss:// for TLS, "
@@ -214,6 +218,23 @@ def parse_redis_url(url: str) -> RedisLocation:
                          replicas=int(replicas_text), replica_timeout=replica_timeout)
 
 
+def masked_url(url: str) -> str:
+    """
+    C{url} as an error message or a log line may show it: the data node's
+    password and C{?sentinel_password=} replaced by C{****}. Plain string
+    work, so that it also masks what L{parse_redis_url} refuses to parse.
+    """
+    scheme, separator, rest = url.partition("://")
+    if separator:
+        end = next((i for i, character in enumerate(rest) if character in "/?#"), len(rest))
+        userinfo, at, hosts = rest[:end].rpartition("@")
+        user, colon, secret = userinfo.partition(":")
+        if at and colon and secret:
+            rest = f"{user}:****@{hosts}{rest[end:]}"
+        url = f"{scheme}{separator}{rest}"
+    return re.sub(r"([?&]sentinel_password=)[^&#]*", r"\1****", url)
+
+
 def _credentials(userinfo: str) -> tuple[str | None, str | None]:
     if not userinfo:
         return None, None
@@ -256,6 +277,7 @@ def _sentinels(hostlist: str, refuse: Callable[[str], ValueError]) -> list[tuple
         elif port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536:
             port = int(port_text)
         else:
-            raise refuse(f"bad Sentinel port {port_text!r}: a number from 1 to 65535, as in {host}:26379")
+            raise refuse(f"bad Sentinel port {port_text!r}: a number from 1 to 65535, as in "
+                         f"{_bracketed(host)}:26379")
         found.append((host.lower(), port))
     return found

@@ -41,8 +41,8 @@ from appserver._redis.location import RedisLocation
 from appserver._redis.resp import INCOMPLETE, MalformedReply, ReplyError, ReplyParser, encode_command
 from appserver._redis.tls import TLSFilesUnusable, client_creator
 
-__all__ = ["RedisEndpoint", "RedisUnusable", "auth_command", "auth_problem", "sentinel_auth_command", "primary_lookup_command",
-           "primary_address", "role_problem"]
+__all__ = ["RedisEndpoint", "RedisUnusable", "auth_command", "auth_problem", "sentinel_auth_command",
+           "primary_lookup_command", "primary_address", "role_problem"]
 
 _log = Logger(namespace="appserver.redis")
 
