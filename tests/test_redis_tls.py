@@ -49,8 +49,12 @@ def tls_redis(tmp_path, certificates):
 
 
 async def ready(node) -> bool:
-    response = await treq.get(node.url("ajax") + "/readyz", persistent=False)
-    await response.text()
+    # Bounded: a node that stopped answering fails the test, never hangs it.
+    try:
+        response = await treq.get(node.url("ajax") + "/readyz", persistent=False, timeout=2)
+        await response.text()
+    except Exception:
+        return False
     return response.code == 200
 
 
