@@ -49,6 +49,32 @@ _log_raw = Logger(namespace="appserver.endpoint")
 _STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
+#: Autobahn's per-connection attributes that hold the same immutable value
+#: on every open, idle connection: the class answers it instead (see
+#: TrackedProtocol._release_handshake). Checked against a live connection
+#: by tests/test_websocket_memory.py.
+_SHARED_STATE: dict[str, Any] = {
+    name: None for name in (
+        "_perMessageCompress", "trackedTimings", "wasNotCleanReason", "localCloseCode", "localCloseReason",
+        "remoteCloseCode", "remoteCloseReason", "openHandshakeTimeoutCall", "closeHandshakeTimeoutCall",
+        "autoPingTimeoutCall", "autoPingPending", "autoPingPendingCall", "autoPingPendingSent",
+        "websocket_protocol_in_use", "current_frame")
+}
+_SHARED_STATE.update({
+    name: False for name in (
+        "triggered", "wasMaxFramePayloadSizeExceeded", "wasMaxMessagePayloadSizeExceeded", "closedByMe",
+        "failedByMe", "droppedByMe", "wasClean", "wasServerConnectionDropTimeout", "wasOpenHandshakeTimeout",
+        "wasCloseHandshakeTimeout", "wasServingFlashSocketPolicyFile", "inside_message")
+})
+_SHARED_STATE.update(send_state=0, autoPingPendingSeq=0, data=b"", websocket_version=13)
+#: What only the opening handshake uses: dropped once open. The class
+#: answers an empty value (a protocol reads the handshake in onConnect).
+_HANDSHAKE_ONLY: dict[str, Any] = {
+    "http_status_line": "", "http_request_uri": "", "http_request_path": "", "http_request_params": _NO_HEADERS,
+    "http_request_host": "", "websocket_protocols": (), "websocket_origin": "", "websocket_extensions": (),
+    "_wskey": "", "http_headers": _NO_HEADERS, "http_request_data": b"", "http_response_data": "",
+}
+
 
 class _SendQueue(list):
     """
@@ -312,6 +338,9 @@ class TrackedProtocol(WebSocketServerProtocol):
     factory: "AppServerWebSocketFactory"
 
     client: WebSocketClient | None = None
+    # What Autobahn's per-connection state reads as once shed from an open
+    # connection (see _release_handshake) is set on the class below, from
+    # _SHARED_STATE and _HANDSHAKE_ONLY.
     #: The payload of the latest ping not answered yet because the peer is
     #: not reading (see L{onPing}).
     owed_pong: bytes | None = None
@@ -372,15 +401,30 @@ class TrackedProtocol(WebSocketServerProtocol):
 
     def _release_handshake(self) -> None:
         """
-        Drop the handshake's raw request, response and headers: an idle
-        connection should cost as little memory as possible, and what a
-        protocol needs from the handshake it reads in C{onConnect}.
+        Make an open connection as small as it can be: an idle connection
+        should cost as little memory as possible.
+
+          - The handshake's request, response, headers and parameters are
+            dropped: what a protocol needs from them it reads in
+            C{onConnect}.
+          - Autobahn keeps about sixty attributes per connection, most of
+            them at the same immutable value on every open connection
+            (flags, close codes, timers not running). Those are removed
+            from the instance, where the class attributes of
+            L{_SHARED_STATE} answer the same value; Autobahn setting one
+            later sets it on the instance again, as before.
+          - The instance dictionary, which never shrinks by deletion, is
+            then rebuilt at its new size.
         """
-        self.http_request_data = b""
-        self.http_response_data = ""
-        # A shared read-only mapping where Autobahn declares a dict: it never
-        # writes to the headers, only reads them.
-        self.http_headers = _NO_HEADERS  # type: ignore[assignment]
+        state = self.__dict__
+        for name in _HANDSHAKE_ONLY:
+            state.pop(name, None)
+        for name, shared in _SHARED_STATE.items():
+            if name in state:
+                value = state[name]
+                if value is shared or (type(value) is type(shared) and value == shared):
+                    del state[name]
+        self.__dict__ = dict(state)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -524,6 +568,10 @@ class TrackedProtocol(WebSocketServerProtocol):
         self.factory.pings.remove(client)
         code = self.remoteCloseCode if self.remoteCloseCode is not None else self.localCloseCode
         self.factory.runtime.admission.close(client, ticket, code)
+
+
+for _name, _value in {**_SHARED_STATE, **_HANDSHAKE_ONLY}.items():
+    setattr(TrackedProtocol, _name, _value)
 
 
 class EnvelopeProtocol(TrackedProtocol):
