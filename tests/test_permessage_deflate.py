@@ -1,6 +1,6 @@
 """
-permessage-deflate with --permessage-deflate (appserver._web.deflate): what is
-negotiated, that every recipient of a broadcast shares one compressed frame,
+permessage-deflate (appserver._web.deflate, --permessage-deflate): what is
+negotiated (on by default), that every recipient of a broadcast shares one compressed frame,
 that small messages go uncompressed, and that a compression bomb closes its
 connection with 1009 instead of growing memory.
 
@@ -54,8 +54,12 @@ async def test_an_offer_that_cannot_bound_the_window_goes_uncompressed(reactor, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_off_by_default(reactor, server_factory):
+async def test_on_by_default_and_off_when_disabled(reactor, server_factory):
     server = await server_factory()
+    client = await connect(reactor, server, BROWSER_OFFER)
+    assert client.headers["sec-websocket-extensions"].startswith("permessage-deflate")
+    client.transport.loseConnection()
+    server = await server_factory(permessage_deflate=False)
     client = await connect(reactor, server, BROWSER_OFFER)
     assert "sec-websocket-extensions" not in client.headers
     client.transport.loseConnection()

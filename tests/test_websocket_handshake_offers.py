@@ -1,19 +1,22 @@
 """
-Browsers offer permessage-deflate in every handshake: the server must accept
-the connection (uncompressed: a broadcast is framed once for everyone).
+Browsers offer permessage-deflate in every handshake: the server accepts it
+(on by default, see tests/test_permessage_deflate.py), and with
+--permessage-deflate false opens the connection uncompressed.
 """
 
 import json
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_handshake_offering_compression_opens_uncompressed(server_factory):
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_a_handshake_offering_compression_opens_with_or_without_it(server_factory, enabled):
     import websockets
 
-    server = await server_factory()
+    server = await server_factory(permessage_deflate=enabled)
 
     async def exchange():
         async with websockets.connect(server.ws_url, compression="deflate") as websocket:
@@ -36,4 +39,7 @@ async def test_a_handshake_offering_compression_opens_uncompressed(server_factor
     Thread(target=run, daemon=True).start()
     kind, extensions = await result.addTimeout(10, server.service.reactor)
     assert kind == "welcome"
-    assert extensions is None
+    if enabled:
+        assert extensions.startswith("permessage-deflate")
+    else:
+        assert extensions is None

@@ -149,7 +149,7 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("ping-interval", 20.0, _non_negative_float, "Seconds between server WebSocket pings (0 disables)."),
     OptionSpec("ping-timeout", 10.0, _non_negative_float,
                "Seconds to wait for a pong before the connection is dropped as dead."),
-    OptionSpec("permessage-deflate", False, _boolean,
+    OptionSpec("permessage-deflate", True, _boolean,
                "Compress WebSocket messages for clients that offer permessage-deflate (browsers do): each "
                "broadcast is compressed once and shared; small messages go uncompressed."),
     OptionSpec("handshake-timeout", 10.0, _non_negative_float,
@@ -230,7 +230,7 @@ class Settings:
     queue_policy: str = "disconnect"
     ping_interval: float = 20.0
     ping_timeout: float = 10.0
-    permessage_deflate: bool = False
+    permessage_deflate: bool = True
     handshake_timeout: float = 10.0
     request_timeout: float = 30.0
     allowed_origin: tuple[str, ...] = ()

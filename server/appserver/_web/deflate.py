@@ -32,14 +32,21 @@ __all__ = ["CLIENT_WINDOW_BITS", "MIN_COMPRESSED_SIZE", "accept_offer", "deflate
 #: The window the server asks clients to compress with (1 KiB): the inflate
 #: state a client makes the server hold while a message arrives.
 CLIENT_WINDOW_BITS = 10
-#: The server's own window when the client sets no lower one. Every message
-#: is compressed on its own, so the window bounds matches within one message.
+#: The server's largest window, when the client sets no lower one. Every
+#: message is compressed on its own, so a message needs no window larger
+#: than itself: each is compressed with the smallest window that holds it
+#: (at least zlib's 512 bytes), which compresses it as well and makes the
+#: compressor a tenth as costly to set up (a 32 KiB window with zlib's
+#: default memory level costs about 60 µs per message, mostly clearing
+#: 256 KiB of state).
 SERVER_WINDOW_BITS = 15
+_MIN_WINDOW_BITS = 9
 #: Payloads shorter than this go uncompressed: a deflate block's own
-#: overhead leaves them no gain.
-MIN_COMPRESSED_SIZE = 64
-#: zlib's memory level for the one compressor in use at a time.
-_MEM_LEVEL = 8
+#: overhead leaves them little gain (a 95-byte chat line saves 9 bytes).
+MIN_COMPRESSED_SIZE = 128
+#: zlib's memory level: a smaller hash table than its default (8), the
+#: same output for messages of this size, and a cheaper set-up.
+_MEM_LEVEL = 6
 _LEVEL = 6
 #: The four bytes Z_SYNC_FLUSH ends with, which RFC 7692 strips.
 _SYNC_TAIL = b"\x00\x00\xff\xff"
@@ -84,7 +91,8 @@ def deflated_frame(frame: bytes, payload_offset: int, window_bits: int) -> bytes
     size = len(frame) - payload_offset
     if size < MIN_COMPRESSED_SIZE:
         return frame
-    compressor = zlib.compressobj(_LEVEL, zlib.DEFLATED, -window_bits, _MEM_LEVEL)
+    bits = min(window_bits, max(_MIN_WINDOW_BITS, (size - 1).bit_length()))
+    compressor = zlib.compressobj(_LEVEL, zlib.DEFLATED, -bits, _MEM_LEVEL)
     body = compressor.compress(memoryview(frame)[payload_offset:]) + compressor.flush(zlib.Z_SYNC_FLUSH)
     if body.endswith(_SYNC_TAIL):
         body = body[:-4]
