@@ -152,7 +152,7 @@ class EventStream(Client):
         self.request = request
         #: Its admission: the place it holds under the connection limits.
         self.ticket = ticket
-        self.pending: list[bytes] | None = None
+        self.pending: bytes | list[bytes] | None = None
         #: Whether something was written since the last heartbeat tick.
         self.active = False
         # The connection's transport when events may bypass Request.write
@@ -178,7 +178,10 @@ class EventStream(Client):
         # turn (so open, not paused, nothing queued) takes the next one.
         pending = self.pending
         if pending is not None and not self.queue:
-            pending.append(self.streams.event(message))
+            if isinstance(pending, bytes):
+                self.pending = [pending, self.streams.event(message)]
+            else:
+                pending.append(self.streams.event(message))
             return
         Client.deliver(self, message, policy)
 
@@ -186,14 +189,19 @@ class EventStream(Client):
         event = self.streams.event(message)
         pending = self.pending
         if pending is not None:
-            pending.append(event)
+            if isinstance(pending, bytes):
+                self.pending = [pending, event]
+            else:
+                pending.append(event)
             return
         if has_backlog(self._socket):
             # Behind already: Twisted's buffer pauses the stream at its
             # high-water mark, after which the bounded queue takes over.
             self._send([event])
             return
-        self.pending = [event]
+        # One event waits as it is, not in a list of its own: see
+        # WebSocketClient (a list per stream per turn feeds the collector).
+        self.pending = event
         self.streams.writes.add(self)
 
     def mark(self, position: int) -> None:
@@ -212,7 +220,7 @@ class EventStream(Client):
         if pending is None:
             return
         self.pending = None
-        self._send(pending)
+        self._send([pending] if isinstance(pending, bytes) else pending)
 
     def heartbeat(self) -> None:
         """
