@@ -18,13 +18,12 @@ is shared with other settings (C{APPSERVER_SHARE}) and deployment tooling.
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
 
+from appserver._redis.location import masked_url
 from appserver._server.settings import OPTION_SPECS, OptionSpec, Settings, SettingsError
 
 __all__ = ["ResolvedConfiguration", "resolve_configuration", "read_config_file", "environment_values",
@@ -193,7 +192,7 @@ def render_toml(resolved: ResolvedConfiguration) -> str:
             lines.append(f"# {spec.name} is set ({source}; not printed)")
         else:
             if spec.name == "backplane":
-                value = _mask_password(value)
+                value = masked_url(value)
             lines.append(f"{spec.name} = {_toml_value(value)}  # {source}")
     return "\n".join(lines) + "\n"
 
@@ -227,14 +226,3 @@ def _toml_string(text: str) -> str:
             escaped.append(f"\\u{ord(character):04X}")
     return '"' + "".join(escaped) + '"'
 
-
-def _mask_password(url: str) -> str:
-    parts = urlsplit(url)
-    # A Sentinel's own password travels in the query (docs/scaling.md).
-    query = re.sub(r"(?<![^&])(sentinel_password=)[^&]*", r"\1****", parts.query)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(":" + parts.password + "@", ":****@", 1)
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
