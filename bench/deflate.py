@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chatmsg  # noqa: E402
 import procstat  # noqa: E402
 from httpclient import HttpConnection  # noqa: E402
-from idle import Pool, appserver_spec  # noqa: E402
+from idle import IdlePool, appserver_spec  # noqa: E402
 from servers import REPO_DIR, SERVER_SPECS, ServerProcess  # noqa: E402
 
 #: The server option under test (the lead's; looked up in `twistd appserver --help`).
@@ -129,11 +129,11 @@ async def measure_setting(setting: str, run: int, cfg: argparse.Namespace) -> De
     res = DeflateResult(setting=setting, run=run)
     extra = [] if setting == "default" else [DEFLATE_OPTION, setting]
     server = ServerProcess(appserver_spec(cfg.deflate_clients, cfg.server_path, extra))
-    pool: Pool | None = None
+    pool: IdlePool | None = None
     http: HttpConnection | None = None
     try:
         await server.start(30)
-        pool = await Pool.start(cfg.deflate_workers)
+        pool = await IdlePool.start(cfg.deflate_workers)
         opened = await pool.open(server.ws_url, cfg.deflate_clients, ["127.0.0.2"], 16, 60 + cfg.deflate_clients / 50,
                                  client="websockets", deflate=True, subscribe=CHANNEL)
         res.subscribers, res.extensions = opened["opened"], opened["extensions"]

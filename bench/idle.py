@@ -45,15 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import chatmsg  # noqa: E402
 import procstat  # noqa: E402
-from loadgen import smoke_check  # noqa: E402
+from loadgen import PublisherListener, smoke_check  # noqa: E402
 from servers import REPO_DIR, SERVER_SPECS, ServerProcess, ServerSpec  # noqa: E402
+from workers import WorkerPool  # noqa: E402
 
 try:
     import picows
 except ImportError:  # pragma: no cover
     picows = None  # type: ignore[assignment]
 
-IDLE_WORKER = Path(__file__).resolve().with_name("idle_worker.py")
 PORTS_PER_SOURCE = 20_000  # of the 28,232 in the default ip_local_port_range; leaves room for TIME_WAIT and others
 PING_INTERVAL = 20.0  # appserver's default --ping-interval, which this benchmark keeps
 
@@ -134,68 +134,15 @@ def _git_state(repo: Path) -> str:
 # ---------------------------------------------------------------------------
 # load-generator processes
 # ---------------------------------------------------------------------------
-class IdleWorker:
-    """One idle_worker.py process driven with JSON lines; stopped by pid."""
+class IdlePool(WorkerPool):
+    """The idle_worker.py processes of one run (idle.py's, and deflate.py's subscribers)."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls) -> IdleWorker:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(IDLE_WORKER), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            limit=1 << 26, start_new_session=True)
-        return cls(proc)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def call(self, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-        await self.proc.stdin.drain()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError(f"worker {self.pid} exited")
-        reply = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(f"worker {self.pid}: {reply['error']}")
-        return reply
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        try:
-            if self.proc.returncode is None and self.proc.stdin is not None:
-                self.proc.stdin.write(b'{"cmd":"exit"}\n')
-                await self.proc.stdin.drain()
-                self.proc.stdin.close()
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except (TimeoutError, ConnectionError, BrokenPipeError):
-            pass
-        finally:
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
-
-
-class Pool:
-    def __init__(self, workers: list[IdleWorker]) -> None:
-        self.workers = workers
-
-    @classmethod
-    async def start(cls, count: int) -> Pool:
-        pool = cls([])
-        for _ in range(count):
-            pool.workers.append(await IdleWorker.start())
-        return pool
-
-    async def call_all(self, make: Any, timeout: float) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(w.call(make(i), timeout) for i, w in enumerate(self.workers))))
+    SCRIPT = Path(__file__).resolve().with_name("idle_worker.py")
+    STOP_TIMEOUT = 10.0  # a worker holding tens of thousands of connections takes a while to exit
 
     async def open(self, url: str, count: int, sources: list[str], concurrency: int, timeout: float,
                    client: str = "picows", deflate: bool = False, subscribe: str | None = None) -> dict[str, Any]:
-        n = len(self.workers)
-        shares = [count // n + (1 if i < count % n else 0) for i in range(n)]
+        shares = self.shares(count)
         # Rotate the source list per worker so the sources fill evenly whatever the shares.
         replies = await self.call_all(
             lambda i: {"cmd": "open", "client": client, "url": url, "count": shares[i],
@@ -226,42 +173,6 @@ class Pool:
 
     async def reset(self) -> None:
         await self.call_all(lambda i: {"cmd": "reset"}, 30)
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for w in self.workers:
-            try:
-                total += procstat.cpu_times(w.pid).total
-            except FileNotFoundError:
-                pass
-        return total
-
-    async def stop(self) -> None:
-        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
-
-
-if picows is not None:
-
-    class _Publisher(picows.WSListener):
-        def on_ws_frame(self, transport: Any, frame: Any) -> None:
-            if frame.msg_type == picows.WSMsgType.PING:
-                transport.send_pong(frame.get_payload_as_bytes())
-            elif frame.msg_type == picows.WSMsgType.CLOSE:
-                transport.send_close(frame.get_close_code())
-                transport.disconnect()
-
-
-async def settled_rss(pid: int, max_wait: float) -> int:
-    """RSS once two reads 0.5 s apart are within 0.2%, or after ``max_wait``."""
-    previous = procstat.rss_bytes(pid)
-    deadline = time.monotonic() + max_wait
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-        current = procstat.rss_bytes(pid)
-        if abs(current - previous) <= 0.002 * previous:
-            return current
-        previous = current
-    return previous
 
 
 def appserver_spec(connections: int, server_path: Path | None, extra: list[str]) -> ServerSpec:
@@ -296,19 +207,19 @@ async def run(cfg: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
                            "notes": []})
     spec = appserver_spec(n, cfg.server_path, cfg.server_arg or [])
     server = ServerProcess(spec)
-    pool: Pool | None = None
+    pool: IdlePool | None = None
     pub_transport: Any = None
     try:
         await server.start(30)
         res["server_command"] = " ".join(server.command())
         await smoke_check(server.ws_url, 10)
-        pool = await Pool.start(cfg.workers)
+        pool = await IdlePool.start(cfg.workers)
         # The server's own idle cost with no connection (timers, metrics), subtracted nowhere: shown beside.
         b0, tb0 = procstat.cpu_times(server.pid), time.monotonic()
         await asyncio.sleep(cfg.baseline_window)
         b1, tb1 = procstat.cpu_times(server.pid), time.monotonic()
         res["baseline_cpu_pct"] = 100 * (b1.total - b0.total) / (tb1 - tb0)
-        rss0 = await settled_rss(server.pid, 3)
+        rss0 = await procstat.settled_rss(server.pid, 3, interval=0.5, tolerance=0.002)
         sock0, slab0 = sockstat(), slab()
         res["rss_before_kib"] = rss0 / 1024
 
@@ -326,7 +237,7 @@ async def run(cfg: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
         if opened["opened"] == 0:
             raise RuntimeError("no connection opened")
         m = opened["opened"]
-        rss1 = await settled_rss(server.pid, 10)
+        rss1 = await procstat.settled_rss(server.pid, 10, interval=0.5, tolerance=0.002)
         sock1, slab1 = sockstat(), slab()
         res["rss_after_kib"] = rss1 / 1024
         res["rss_kib_per_conn"] = (rss1 - rss0) / 1024 / m
@@ -377,7 +288,7 @@ async def run(cfg: argparse.Namespace, res: dict[str, Any]) -> dict[str, Any]:
         # -- one broadcast ---------------------------------------------------
         await pool.reset()
         pub_transport, _ = await asyncio.wait_for(
-            picows.ws_connect(_Publisher, server.ws_url, websocket_handshake_timeout=15, enable_auto_pong=False), 15)
+            picows.ws_connect(PublisherListener, server.ws_url, websocket_handshake_timeout=15), 15)
         await asyncio.sleep(0.5)  # its welcome, before we read the CPU
         expected = st1["open"]
         cpu_b0 = procstat.cpu_times(server.pid)
@@ -429,41 +340,48 @@ def render(res: dict[str, Any]) -> str:
     lines = ["# Idle connections (issue 17, target 3)", ""]
     lines += [f"- {k}: {v}" for k, v in res.get("context", {}).items()]
     lines += [f"- server: `{res.get('server_command', '?')}` from {res['server_path']} ({res['server_commit']})", ""]
+    def row(figure: str, value: str, target: str = "") -> str:
+        return f"| {figure} | {value} | {target} |" if target else f"| {figure} | {value} | |"
+
     if "opened" in res:
         lines += ["| figure | value | target |", "|---|---:|---:|",
-                  f"| connections opened | {f(res['opened'])} / {f(res['connections'])} "
-                  f"in {f(res['open_s'], 1)} s | |",
-                  f"| server CPU per opened connection (handshake) | {f(res['open_server_cpu_us_per_conn'], 0)} µs | |"]
+                  row("connections opened", f"{f(res['opened'])} / {f(res['connections'])} in {f(res['open_s'], 1)} s"),
+                  row("server CPU per opened connection (handshake)", f"{f(res['open_server_cpu_us_per_conn'], 0)} µs")]
     if "rss_kib_per_conn" in res:
         tm = res["tcp_mem_kib"]
-        lines += [f"| server RSS before → after | {f(res['rss_before_kib'] / 1024, 1)} → "
-                  f"{f(res['rss_after_kib'] / 1024, 1)} MiB | |",
-                  f"| **server RSS per connection** | **{f(res['rss_kib_per_conn'])} KiB** | ≤ 5 KiB |",
-                  f"| kernel TCP buffer memory (sockstat `TCP: mem`, both ends) | {f(tm['before'], 0)} → "
-                  f"{f(tm['after'], 0)} KiB | |",
-                  f"| kernel slab growth per socket (2 sockets per connection: both ends are here) | "
-                  f"{f(res['slab_bytes_per_socket'] / 1024)} KiB | |"]
+        lines += [
+            row("server RSS before → after",
+                f"{f(res['rss_before_kib'] / 1024, 1)} → {f(res['rss_after_kib'] / 1024, 1)} MiB"),
+            row("**server RSS per connection**", f"**{f(res['rss_kib_per_conn'])} KiB**", "≤ 5 KiB"),
+            row("kernel TCP buffer memory (sockstat `TCP: mem`, both ends)",
+                f"{f(tm['before'], 0)} → {f(tm['after'], 0)} KiB"),
+            row("kernel slab growth per socket (2 sockets per connection: both ends are here)",
+                f"{f(res['slab_bytes_per_socket'] / 1024)} KiB"),
+        ]
     if "idle" in res:
         i = res["idle"]
-        lines += [f"| **idle server CPU per connection** ({f(i['window_s'], 0)} s window, pings every "
-                  f"{res.get('ping_interval', PING_INTERVAL):g} s) | "
-                  f"**{f(i['cpu_us_per_s_per_conn'], 3)} µs/s** (user {f(i['user_us_per_s_per_conn'], 3)}) | ≤ 1 µs/s |",
-                  f"| server CPU during the idle window | {f(i['server_cpu_pct'], 1)} % of a core "
-                  f"(with no connection: {f(res.get('baseline_cpu_pct'), 2)} %) | |",
-                  f"| pings answered by the clients in the window | {f(i['pings_answered'])} "
-                  f"(~{f(i['pings_expected'], 0)} expected) | |",
-                  f"| connections dropped by the server while idle | {f(i['dropped'])} | 0 |",
-                  f"| load generator / softirq / other CPU in the window | {f(i['loadgen_cpu_pct'], 1)} / "
-                  f"{f(i['softirq_pct'], 1)} / {f(i['other_cpu_pct'], 1)} % | |"]
+        window = f"{f(i['window_s'], 0)} s window, pings every {res.get('ping_interval', PING_INTERVAL):g} s"
+        lines += [
+            row(f"**idle server CPU per connection** ({window})",
+                f"**{f(i['cpu_us_per_s_per_conn'], 3)} µs/s** (user {f(i['user_us_per_s_per_conn'], 3)})", "≤ 1 µs/s"),
+            row("server CPU during the idle window",
+                f"{f(i['server_cpu_pct'], 1)} % of a core (with no connection: {f(res.get('baseline_cpu_pct'), 2)} %)"),
+            row("pings answered by the clients in the window",
+                f"{f(i['pings_answered'])} (~{f(i['pings_expected'], 0)} expected)"),
+            row("connections dropped by the server while idle", f(i["dropped"]), "0"),
+            row("load generator / softirq / other CPU in the window",
+                " / ".join(f(i[k], 1) for k in ("loadgen_cpu_pct", "softirq_pct", "other_cpu_pct")) + " %"),
+        ]
     if "broadcast" in res:
         b = res["broadcast"]
-        lines += [f"| **one broadcast: delivered** | **{f(b['delivered'])} / {f(b['expected'])}** "
-                  f"(lost {f(b['lost'])}, duplicates {f(b['duplicates'])}, dropped conns {f(b['dropped_conns'])}) "
-                  f"| nothing lost |",
-                  f"| broadcast delivery time: first / last receipt | {f(b['first_ms'], 1)} / "
-                  f"**{f(b['last_ms'], 1)} ms** | |",
-                  f"| server CPU for the broadcast | {f(b['server_cpu_ms'], 0)} ms "
-                  f"({f(b['server_cpu_us_per_delivery'])} µs per delivery) | |"]
+        lines += [
+            row("**one broadcast: delivered**",
+                f"**{f(b['delivered'])} / {f(b['expected'])}** (lost {f(b['lost'])}, duplicates "
+                f"{f(b['duplicates'])}, dropped conns {f(b['dropped_conns'])})", "nothing lost"),
+            row("broadcast delivery time: first / last receipt", f"{f(b['first_ms'], 1)} / **{f(b['last_ms'], 1)} ms**"),
+            row("server CPU for the broadcast",
+                f"{f(b['server_cpu_ms'], 0)} ms ({f(b['server_cpu_us_per_delivery'])} µs per delivery)"),
+        ]
     lines.append("")
     if "slab_delta_kib" in res:
         lines.append("Slab growth by cache (KiB, both ends, active objects × size): " + ", ".join(

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
-import sys
 import time
 from typing import Any
 
 import chatmsg
+from workers import open_all, run_worker_process, serve_commands
 
 try:
     import picows
@@ -134,11 +133,6 @@ class Worker:
         self.ws_tasks: list[asyncio.Task[None]] = []
         self.extensions: dict[str, int] = {}
 
-    @staticmethod
-    def emit(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        sys.stdout.flush()
-
     async def cmd_open(self, msg: dict[str, Any]) -> dict[str, Any]:
         count = int(msg["count"])
         sources = list(msg.get("sources") or ["127.0.0.1"])
@@ -161,14 +155,7 @@ class Worker:
                         await asyncio.sleep(0.5 * (attempt + 1))
             return False
 
-        tasks = [asyncio.ensure_future(one(i)) for i in range(count)]
-        done, not_done = await asyncio.wait(tasks, timeout=float(msg["timeout"]))
-        for task in not_done:
-            task.cancel()
-        if not_done:
-            errors.append(f"{len(not_done)} connections still opening at the deadline")
-            await asyncio.gather(*not_done, return_exceptions=True)
-        opened = sum(1 for t in done if not t.cancelled() and t.exception() is None and t.result())
+        opened = await open_all([one(i) for i in range(count)], float(msg["timeout"]), errors)
         return {"opened": opened, "failed": count - opened, "errors": errors, "extensions": self.extensions}
 
     async def _open_picows(self, url: str, source: str, deflate: bool, subscribe: str | None) -> None:
@@ -233,13 +220,18 @@ class Worker:
         if not C.closing:
             C.dropped += 1
 
-    def cmd_status(self) -> dict[str, Any]:
+    def cmd_status(self, msg: dict[str, Any]) -> dict[str, Any]:
         return {"open": C.n_open, "dropped": C.dropped, "pings": C.pings,
                 "received": {str(k): v for k, v in C.received.items()}, "duplicates": C.duplicates,
                 "other_frames": C.other_frames, "first_ns": C.first_ns, "last_ns": C.last_ns,
                 "wire_bytes": C.wire_bytes, "payload_bytes": C.payload_bytes}
 
-    async def cmd_close(self, timeout: float) -> dict[str, Any]:
+    def cmd_reset(self, msg: dict[str, Any]) -> dict[str, Any]:
+        C.reset_receive()
+        return {}
+
+    async def cmd_close(self, msg: dict[str, Any]) -> dict[str, Any]:
+        timeout = float(msg.get("timeout", 10))
         C.closing = True
         for transport, _ in self.picows_conns:
             if not transport.is_disconnected:
@@ -266,47 +258,9 @@ class Worker:
         return {"open": still}
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 24)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            msg = json.loads(line)
-            cmd = msg["cmd"]
-            if cmd == "exit":
-                return
-            try:
-                if cmd == "open":
-                    reply = await self.cmd_open(msg)
-                elif cmd == "status":
-                    reply = self.cmd_status()
-                elif cmd == "reset":
-                    C.reset_receive()
-                    reply = {}
-                elif cmd == "close":
-                    reply = await self.cmd_close(float(msg.get("timeout", 10)))
-                else:
-                    reply = {"error": f"unknown command {cmd!r}"}
-            except Exception as exc:  # noqa: BLE001 - reported to the harness
-                reply = {"error": f"{type(exc).__name__}: {exc}"}
-            reply["re"] = cmd
-            self.emit(reply)
-
-
-def main() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(Worker().serve())
-    else:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(Worker().serve())
+        await serve_commands({"open": self.cmd_open, "status": self.cmd_status, "reset": self.cmd_reset,
+                              "close": self.cmd_close})
 
 
 if __name__ == "__main__":
-    main()
+    run_worker_process(lambda: Worker().serve())  # Worker() is made inside the running loop

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,120 +20,31 @@ from typing import Any
 
 import chatmsg
 import procstat
+from workers import WorkerPool
 
 try:
     import picows
 except ImportError:  # pragma: no cover - run.py refuses to start without it
     picows = None  # type: ignore[assignment]
 
-WORKER_SCRIPT = Path(__file__).resolve().with_name("worker.py")
 
+class FanoutPool(WorkerPool):
+    """The worker.py processes of one measurement group; routes their 'done' reports to ``done_handler``."""
 
-class WorkerError(Exception):
-    """A worker died, answered with an error, or missed a deadline."""
+    SCRIPT = Path(__file__).resolve().with_name("worker.py")
 
-
-class WorkerProc:
-    """One worker subprocess driven with JSON lines (see worker.py for the commands)."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, on_done: Callable[[list[int]], None]) -> None:
-        self.proc = proc
-        self.on_done = on_done
-        self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.reader_task = asyncio.ensure_future(self._read())
-
-    @classmethod
-    async def start(cls, on_done: Callable[[list[int]], None]) -> WorkerProc:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(WORKER_SCRIPT),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=1 << 26,
-            start_new_session=True,  # Ctrl-C reaches the harness only; workers exit on stdin EOF.
-        )
-        return cls(proc, on_done)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                await self.replies.put({"error": f"worker {self.pid} exited"})
-                return
-            msg = json.loads(line)
-            if msg.get("ev") == "done":
-                self.on_done(msg["ids"])
-            else:
-                await self.replies.put(msg)
-
-    async def call(self, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send one command and wait for its reply (commands are answered in order)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
-        await self.proc.stdin.drain()
-        try:
-            reply = await asyncio.wait_for(self.replies.get(), timeout)
-        except TimeoutError as exc:
-            raise WorkerError(f"worker {self.pid}: no reply to {msg['cmd']!r} within {timeout:.0f}s") from exc
-        if "error" in reply:
-            raise WorkerError(f"worker {self.pid}: {reply['error']}")
-        return reply
-
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Ask the worker to exit; kill it by pid if it does not within ``timeout``."""
-        try:
-            if self.proc.returncode is None and self.proc.stdin is not None:
-                self.proc.stdin.write(b'{"cmd":"exit"}\n')
-                await self.proc.stdin.drain()
-                self.proc.stdin.close()
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except (TimeoutError, ConnectionError, BrokenPipeError):
-            if self.proc.returncode is None:
-                self.proc.kill()
-                await self.proc.wait()
-        finally:
-            self.reader_task.cancel()
-
-
-class WorkerPool:
-    """The worker processes of one measurement group; routes 'done' reports to a callback."""
-
-    def __init__(self, workers: list[WorkerProc]) -> None:
-        self.workers = workers
+    def __init__(self) -> None:
+        super().__init__()
         self.done_handler: Callable[[list[int]], None] = lambda ids: None
 
-    @classmethod
-    async def start(cls, count: int) -> WorkerPool:
-        pool = cls([])
-        try:
-            for _ in range(count):
-                pool.workers.append(await WorkerProc.start(pool._route_done))
-        except BaseException:
-            await pool.stop()
-            raise
-        return pool
-
-    def _route_done(self, ids: list[int]) -> None:
-        self.done_handler(ids)
-
-    @property
-    def pids(self) -> list[int]:
-        return [w.pid for w in self.workers]
-
-    async def call_all(self, make_msg: Callable[[int], dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
-        """Send a command to every worker at once (``make_msg(index)``) and gather the replies."""
-        return list(await asyncio.gather(*(w.call(make_msg(i), timeout) for i, w in enumerate(self.workers))))
+    def on_event(self, event: dict[str, Any]) -> None:
+        if event.get("ev") == "done":
+            self.done_handler(event["ids"])
 
     async def open(self, transport: str, url: str, count: int, first_id: int, concurrency: int,
                    timeout: float) -> tuple[int, list[str]]:
         """Open ``count`` connections spread evenly over the workers; return (opened, errors)."""
-        n = len(self.workers)
-        shares = [count // n + (1 if i < count % n else 0) for i in range(n)]
+        shares = self.shares(count)
         replies = await self.call_all(
             lambda i: {"cmd": "open", "transport": transport, "url": url, "count": shares[i],
                        "first_id": first_id, "concurrency": concurrency, "timeout": timeout},
@@ -157,23 +67,11 @@ class WorkerPool:
         replies = await self.call_all(lambda i: {"cmd": "close", "timeout": timeout}, timeout + 10)
         return sum(r["open"] for r in replies)
 
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for pid in self.pids:
-            try:
-                total += procstat.cpu_times(pid).total
-            except FileNotFoundError:
-                pass
-        return total
-
-    async def stop(self) -> None:
-        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
-
 
 if picows is not None:
 
-    class _PublisherListener(picows.WSListener):
-        """The publisher's own connection: it receives its echo too, which is ignored."""
+    class PublisherListener(picows.WSListener):
+        """A publisher's own connection: it receives its echo too, which is ignored (picows answers pings)."""
 
         def on_ws_frame(self, transport: Any, frame: Any) -> None:
             if frame.msg_type == picows.WSMsgType.CLOSE:
@@ -212,7 +110,7 @@ class Publisher:
     @classmethod
     async def connect(cls, url: str, n_workers: int, size: int, msg_timeout: float, first_id: int) -> Publisher:
         assert picows is not None
-        transport, _ = await picows.ws_connect(_PublisherListener, url, websocket_handshake_timeout=15)
+        transport, _ = await picows.ws_connect(PublisherListener, url, websocket_handshake_timeout=15)
         pub = cls(transport=transport, n_workers=n_workers, size=size, msg_timeout=msg_timeout, next_id=first_id)
         pub.idle.set()
         pub._watchdog = asyncio.ensure_future(pub._watch())
@@ -392,7 +290,7 @@ class LevelResult:
         return max(0.0, 100.0 * other / self.window_s) if self.window_s else 0.0
 
 
-async def measure_level(server_pid: int, pool: WorkerPool, pub: Publisher, inflight: int,
+async def measure_level(server_pid: int, pool: FanoutPool, pub: Publisher, inflight: int,
                         warmup: float, measure: float, drain_timeout: float) -> LevelResult:
     """Warm up, measure one window, drain, and collect the figures for one in-flight level.
 

@@ -10,7 +10,9 @@ measured windows last seconds.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from dataclasses import dataclass
 
 CLOCK_TICKS_PER_SECOND: int = os.sysconf("SC_CLK_TCK")
@@ -50,6 +52,24 @@ def rss_bytes(pid: int) -> int:
                 parts = line.split()
                 return int(parts[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid} (zombie or kernel thread?)")
+
+
+async def settled_rss(pid: int, max_wait: float = 3.0, interval: float = 0.25, tolerance: float = 0.005) -> int:
+    """RSS once it stops moving (two reads ``interval`` s apart within ``tolerance``), or after ``max_wait``.
+
+    Why: a server goes on allocating for a moment after its last connection
+    opened (buffers, deferred set-up), so a single read would miss part of
+    what the connections cost.
+    """
+    previous = rss_bytes(pid)
+    deadline = time.monotonic() + max_wait
+    while time.monotonic() < deadline:
+        await asyncio.sleep(interval)
+        current = rss_bytes(pid)
+        if abs(current - previous) <= tolerance * previous:
+            return current
+        previous = current
+    return previous
 
 
 def is_alive(pid: int) -> bool:

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import subprocess
@@ -32,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import deflate as deflate_mod  # noqa: E402
 import procstat  # noqa: E402
-from loadgen import Publisher, WorkerPool, measure_level, smoke_check  # noqa: E402
+from loadgen import FanoutPool, Publisher, measure_level, smoke_check  # noqa: E402
 from report import NOISY_OTHER_CPU_PCT, GroupResult, render_markdown  # noqa: E402
 from servers import REFERENCE_SERVERS, SERVER_SPECS, ServerProcess, ServerSpec, ServerStartError  # noqa: E402
+from workers import lift_nofile_limit  # noqa: E402
 
 SERVER_START_TIMEOUT = 20.0
 SMOKE_TIMEOUT = 10.0
@@ -140,27 +140,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
 
 
-def raise_nofile_limit() -> int:
-    """Lift the soft descriptor limit to the hard one; children (servers, workers) inherit it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-async def settled_rss(pid: int, max_wait: float = 3.0) -> int:
-    """RSS once it stops moving (two reads 0.25 s apart within 0.5%), or after ``max_wait``."""
-    previous = procstat.rss_bytes(pid)
-    deadline = time.monotonic() + max_wait
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.25)
-        current = procstat.rss_bytes(pid)
-        if abs(current - previous) <= 0.005 * previous:
-            return current
-        previous = current
-    return previous
-
-
 class QuietGate:
     """Waits (bounded) until other processes leave the machine nearly idle.
 
@@ -214,7 +193,7 @@ async def run_group(spec: ServerSpec, result: GroupResult, cfg: Settings, gate: 
     """
     transport, clients = result.transport, result.clients
     server = ServerProcess(spec)
-    pool: WorkerPool | None = None
+    pool: FanoutPool | None = None
     pub: Publisher | None = None
     try:
         try:
@@ -223,8 +202,8 @@ async def run_group(spec: ServerSpec, result: GroupResult, cfg: Settings, gate: 
         except Exception as exc:  # noqa: BLE001 - any start failure means: skip this server
             tail = server.output_tail()
             raise ServerStartError(f"{type(exc).__name__}: {exc}\n--- server output ---\n{tail}") from exc
-        pool = await WorkerPool.start(cfg.workers)
-        rss0 = await settled_rss(server.pid, 1.0)
+        pool = await FanoutPool.start(cfg.workers)
+        rss0 = await procstat.settled_rss(server.pid, 1.0)
         url = server.ws_url if transport == "ws" else server.ajax_url
         open_timeout = 30.0 + clients / 100.0
         t0 = time.monotonic()
@@ -234,7 +213,7 @@ async def run_group(spec: ServerSpec, result: GroupResult, cfg: Settings, gate: 
         if opened < clients:
             result.error = f"opened {opened}/{clients} connections; first errors: {errors[:3]}"
             return result
-        rss1 = await settled_rss(server.pid)
+        rss1 = await procstat.settled_rss(server.pid)
         result.mem_per_conn_bytes = (rss1 - rss0) / clients
         pub = await asyncio.wait_for(
             Publisher.connect(server.ws_url, len(pool.workers), cfg.size, MSG_TIMEOUT, first_id=1), SMOKE_TIMEOUT
@@ -433,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("picows") is None:
         print("picows is not installed: pip install -r bench/requirements.txt", file=sys.stderr)
         return 2
-    hard = raise_nofile_limit()
+    hard = lift_nofile_limit()
     need = max((*cfg.clients, cfg.longpoll_clients if cfg.longpoll else 0, cfg.sse_clients if cfg.sse else 0)) + 100
     if hard < need:
         print(f"RLIMIT_NOFILE hard limit {hard} < {need} needed by the server: raise it (ulimit -Hn)",

@@ -2,7 +2,7 @@
 
 Why a separate process: a Python event loop saturates one core long before a
 server does, so the N subscriber connections are spread over several worker
-processes started by ``loadgen.WorkerPool``.  The harness drives a worker with
+processes started by ``loadgen.FanoutPool``.  The harness drives a worker with
 JSON lines on stdin and reads JSON lines on stdout:
 
   {"cmd": "open", "transport": "ws"|"longpoll"|"sse", "url": U, "count": n,
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
-import sys
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from typing import Any
 
 import chatmsg
 from httpclient import HttpConnection
+from workers import emit, open_all, run_worker_process, serve_commands
 
 try:
     import picows
@@ -82,17 +81,11 @@ class Worker:
         self._loop = asyncio.get_running_loop()
 
     # -- stdout -----------------------------------------------------------
-    @staticmethod
-    def emit(obj: dict[str, Any]) -> None:
-        """Write one JSON line to the harness (blocking write: the harness always reads)."""
-        sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        sys.stdout.flush()
-
     def _flush_done(self) -> None:
         self._flush_scheduled = False
         if self._done_batch:
             batch, self._done_batch = self._done_batch, []
-            self.emit({"ev": "done", "ids": batch})
+            emit({"ev": "done", "ids": batch})
 
     def _complete(self, msg_id: int) -> None:
         self._done_batch.append(msg_id)
@@ -164,14 +157,7 @@ class Worker:
                         await asyncio.sleep(0.2 * (attempt + 1))
             return False
 
-        tasks = [asyncio.ensure_future(one()) for _ in range(count)]
-        done, not_done = await asyncio.wait(tasks, timeout=float(msg["timeout"]))
-        for task in not_done:
-            task.cancel()
-        if not_done:
-            errors.append(f"{len(not_done)} connections still opening at the deadline")
-            await asyncio.gather(*not_done, return_exceptions=True)
-        opened = sum(1 for t in done if not t.cancelled() and t.exception() is None and t.result())
+        opened = await open_all([one() for _ in range(count)], float(msg["timeout"]), errors)
         return {"opened": opened, "failed": count - opened, "errors": errors}
 
     async def _open_ws(self, conn: Conn, url: str) -> None:
@@ -268,34 +254,9 @@ class Worker:
         return {"open": still_open}
 
     async def serve(self) -> None:
-        """Read commands from stdin until 'exit' or EOF; commands run one at a time, in order."""
-        reader = asyncio.StreamReader(limit=1 << 24)
-        await self._loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            msg = json.loads(line)
-            cmd = msg["cmd"]
-            if cmd == "exit":
-                return
-            try:
-                if cmd == "open":
-                    reply = await self.cmd_open(msg)
-                elif cmd == "window":
-                    reply = self.cmd_window(msg)
-                elif cmd == "stats":
-                    reply = self.cmd_stats(msg)
-                elif cmd == "close":
-                    reply = await self.cmd_close(msg)
-                else:
-                    reply = {"error": f"unknown command {cmd!r}"}
-            except Exception as exc:  # noqa: BLE001 - reported to the harness
-                reply = {"error": f"{type(exc).__name__}: {exc}"}
-            self._flush_done()
-            reply["re"] = cmd
-            self.emit(reply)
-
+        """Answer the harness's commands until 'exit'; 'done' reports written so far precede each reply."""
+        await serve_commands({"open": self.cmd_open, "window": self.cmd_window, "stats": self.cmd_stats,
+                              "close": self.cmd_close}, before_reply=self._flush_done)
 
 if picows is not None:
 
@@ -463,27 +424,5 @@ class SseProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-def raise_nofile_limit() -> None:
-    """Thousands of sockets per worker: lift the soft descriptor limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-async def main_async() -> None:
-    await Worker().serve()
-
-
-def main() -> None:
-    raise_nofile_limit()
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main_async())
-    else:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(main_async())
-
-
 if __name__ == "__main__":
-    main()
+    run_worker_process(lambda: Worker().serve())  # Worker() is made inside the running loop
