@@ -56,6 +56,17 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
+def _as_from_a_terminal() -> None:
+    """
+    Run in the child before it starts: Ctrl-C (SIGINT) handled as a command
+    started from a terminal has it. A test run started as a background job
+    of a shell without job control (a CI script's C{cmd &}) ignores SIGINT,
+    children inherit that, and a server started that way rightly ignores
+    Ctrl-C, as Unix wants of background jobs.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Running:
     """
     A server command started in a subprocess, its output in a file; stopped
@@ -65,7 +76,8 @@ class Running:
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float = 20.0) -> None:
         self.output = cwd / f"appserver-{time.monotonic_ns()}.log"
         self._file = open(self.output, "wb")
-        self.process = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._file, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._file, stderr=subprocess.STDOUT,
+                                        preexec_fn=_as_from_a_terminal)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = BANNER.search(self.log())
