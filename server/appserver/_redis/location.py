@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 __all__ = ["RedisLocation", "TLSFiles", "parse_redis_url", "masked_url", "DEFAULT_PORT", "DEFAULT_SENTINEL_PORT",
            "DEFAULT_PREFIX", "DEFAULT_HEARTBEAT", "DEFAULT_REPLICA_TIMEOUT", "SCHEMES"]
@@ -122,6 +122,21 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _split(url: str) -> SplitResult:
+    """
+    C{urlsplit}, except for a Sentinel list: several hosts, some of them
+    IPv6 in brackets, are not one URL host, and Python's own checks of a
+    bracketed host differ between its patch releases (Debian's 3.11.2
+    refuses any text before the bracket). The list is cut out by hand and
+    checked by L{_sentinels}; the rest of the URL is split as usual.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not (separator and scheme.lower().endswith("+sentinel")):
+        return urlsplit(url)
+    end = next((index for index, character in enumerate(rest) if character in "/?#"), len(rest))
+    return urlsplit(f"{scheme}://sentinels{rest[end:]}")._replace(netloc=rest[:end])
+
+
 def parse_redis_url(url: str) -> RedisLocation:
     """
     Read a C{--backplane} URL of one of the four forms in this module's
@@ -137,7 +152,7 @@ def parse_redis_url(url: str) -> RedisLocation:
         return ValueError(f"--backplane {masked_url(url)!r}: {problem}")
 
     try:
-        parts = urlsplit(url)
+        parts = _split(url)
     except ValueError as error:                 # an unclosed [IPv6 bracket
         raise refuse(f"not a URL ({error}): expected redis://host:port/db, for example {_EXAMPLE}") from None
     scheme = parts.scheme.lower()
