@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
-from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -106,7 +105,9 @@ def make_backplane(settings: Settings, reactor: Any) -> IBackplane:
     @raise ValueError: the URL names no known backplane.
     """
     url = settings.backplane or "memory://"
-    scheme = urlsplit(url).scheme
+    # Not urlsplit: a Sentinel URL's list of hosts is no URL host, and some
+    # Python releases refuse it (appserver._redis.location reads it).
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
     if url in ("memory", "memory://") or scheme == "memory":
         return MemoryBackplane()
     if scheme in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
