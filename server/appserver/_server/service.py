@@ -36,11 +36,6 @@ _log = Logger(namespace="appserver.service")
 RECONNECT_SPREAD_MS = (500, 3000)
 
 
-#: Seconds after start-up when what it loaded leaves the garbage
-#: collector's generations (AppServerService.freeze_startup_heap).
-FREEZE_AFTER = 2.0
-
-
 #: Twisted's default listen backlog is 50: a burst of reconnects after a
 #: restart would wait for SYN retries. Used when the endpoint names none.
 DEFAULT_BACKLOG = 1024
@@ -241,10 +236,10 @@ class AppServerService(MultiService):
             # Once the reactor runs: serving, and Ctrl-C handled by then.
             self.reactor.callWhenRunning(self._announce)
         if self.freeze_startup_heap:
-            # A moment after start-up, not during it: a collection of the
-            # whole heap takes a while, and start-up (the application's
-            # hooks, a Ctrl-C right after the banner) should not wait for it.
-            self.reactor.callWhenRunning(self.reactor.callLater, FREEZE_AFTER, _freeze_startup_heap)
+            # Once running, before the first connection is accepted: what
+            # connections allocate must stay collectable (a frozen object is
+            # never collected, even when it becomes garbage).
+            self.reactor.callWhenRunning(_freeze_startup_heap)
 
     def _announce(self) -> None:
         if self.banner is not None and self.running:
