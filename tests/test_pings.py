@@ -29,7 +29,7 @@ class Peer:
         self.pinged_at: list[float] = []
         self.timed_out_at: float | None = None
 
-    def send_ping(self, frame: bytes) -> None:
+    def send_now(self, frame: bytes) -> None:
         assert frame == PING_FRAME
         self.pinged_at.append(self.clock.seconds())
         if self.answers:

@@ -126,6 +126,8 @@ class Pings:
             sent_at = client.ping_sent_at
             if not sent_at:
                 client.ping_sent_at = now
-                client.send_ping(PING_FRAME)
+                # A control frame: it may go ahead of data frames still
+                # waiting for the end of the turn.
+                client.send_now(PING_FRAME)
             elif self.timeout > 0 and sent_at <= now - self.timeout + _EPSILON:
                 client.ping_timed_out()
